@@ -1,0 +1,1 @@
+"""What is specific to a model's forward pass: envoys, the interleaver, tracer, scan."""

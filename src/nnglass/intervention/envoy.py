@@ -1,0 +1,94 @@
+"""Envoy: mirrors one module of the model; its .input/.output are proxies inside a trace."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from ..tracing import contexts
+from ..tracing.proxy import Proxy, TraceError
+
+
+def _tracer() -> Any:
+    tracer = contexts.current()
+    if tracer is None or not hasattr(tracer, "event"):
+        raise TraceError("Module inputs and outputs exist only inside `with model.trace(...)`.")
+    return tracer
+
+
+class Envoy:
+    """A module's stand-in: children by attribute or index, values through .input/.output."""
+
+    def __init__(self, module: torch.nn.Module, path: str = "") -> None:
+        self._module = module
+        self._path = path
+        self._children = {
+            name: Envoy(child, f"{path}.{name}" if path else name)
+            for name, child in module.named_children()
+        }
+
+    # -- the module tree --------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        children = self.__dict__.get("_children")
+        if children is not None and name in children:
+            return children[name]
+        return getattr(self.__dict__["_module"], name)
+
+    def __getitem__(self, key: int | str) -> Envoy:
+        children = list(self._children.values())
+        if isinstance(key, int):
+            return children[key]
+        return self._children[key]
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return iter(self._children.values())
+
+    def __repr__(self) -> str:
+        return repr(self._module)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = contexts.current()
+        if tracer is None:
+            return self._module(*args, **kwargs)
+        return tracer.graph.proxy("call_module", self._path, args, kwargs)
+
+    # -- values in a trace --------------------------------------------------------------------------
+    @property
+    def output(self) -> Proxy:
+        """The module's output (at the addressed call)."""
+        return _tracer().event(self._path, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        _tracer().set_event(self._path, "output", value)
+
+    @property
+    def inputs(self) -> Proxy:
+        """The module's inputs as (args, kwargs)."""
+        return _tracer().event(self._path, "inputs")
+
+    @inputs.setter
+    def inputs(self, value: Any) -> None:
+        _tracer().set_event(self._path, "inputs", value)
+
+    @property
+    def input(self) -> Proxy:
+        """The module's first positional (or else first keyword) input."""
+        return _tracer().event(self._path, "input")
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        _tracer().set_event(self._path, "input", value)
+
+    def next(self, step: int = 1) -> Envoy:
+        """Address the module's following call (generation steps, repeated use)."""
+        _tracer().next_call(self._path, step)
+        return self
+
+    def all(self) -> Envoy:
+        """Address every call of the module: what depends on it runs once per call."""
+        _tracer().all_calls(self._path)
+        return self

@@ -1,0 +1,173 @@
+"""Tracer and Invoker: the `with model.trace(...)` context that records an intervention graph."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..tracing import contexts
+from ..tracing.contexts import Condition
+from ..tracing.graph import Graph
+from ..tracing.node import Node
+from ..tracing.proxy import Proxy, TraceError
+from .interleaver import ALL_CALLS, Interleaver
+from .scan import Scan
+
+
+class Invoker:
+    """`with tracer.invoke(input):` — a batch slice; the nodes made inside see only its rows."""
+
+    def __init__(self, tracer: Tracer, inputs: tuple, kwargs: dict) -> None:
+        self.tracer = tracer
+        self.inputs = tracer.model._prepare_inputs(*inputs, **kwargs)  # (args, kwargs, batch size)
+        self.index: int | None = None
+        self.outer: int | None = None
+
+    def __enter__(self) -> Invoker:
+        tracer = self.tracer
+        if self.index is None:
+            self.index = len(tracer.invokers)
+            tracer.invokers.append(self)
+        self.outer, tracer.graph.invoke = tracer.graph.invoke, self.index
+        if tracer.scanning:
+            tracer.scan.prepare(self.index)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.tracer.graph.invoke = self.outer
+
+
+class Tracer:
+    """Records what the user writes on proxies; runs the model with the graph on exit."""
+
+    def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
+                 scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
+                 run: bool = True) -> None:
+        self.model = model
+        self.graph = Graph()
+        self.graph.owner = self
+        self.invokers: list[Invoker] = []
+        self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
+        self.calls: dict[str, int] = {}        # module path -> call index addressed by .output
+        self.grads: dict[Node, Proxy] = {}     # tensor node -> latest proxy of its gradient
+        self.scanning = scan or validate
+        self.run = run
+        self.scan = Scan(self)
+        self.output: Any = None
+        self.invoker: Invoker | None = None
+        if inputs or kwargs:
+            self.invoker = Invoker(self, inputs, {**(invoker_args or {}), **(kwargs or {})})
+        if validate:
+            self.graph.on_add = self.scan.value
+
+    # -- the context --------------------------------------------------------------------------------
+    def __enter__(self) -> Tracer:
+        contexts.stack().append(self)
+        contexts.open_patches()
+        if self.invoker is not None:
+            self.invoker.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.invoker is not None:
+            self.invoker.__exit__()
+        contexts.stack().pop()
+        contexts.close_patches()
+        self.graph.building = False
+        if exc_type is None and self.run:
+            self.execute()
+
+    def execute(self) -> Any:
+        """Run the model once over all invokes, with the graph interleaved."""
+        if not self.invokers:
+            raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
+        args, kwargs, slices, size = self.model._batch([inv.inputs for inv in self.invokers])
+        interleaver = Interleaver(self.graph, self.model._modules_by_path, slices, size)
+        self.output = interleaver.run(self.model._execute, *args, **kwargs)
+        return self.output
+
+    def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
+        """The prepared model inputs of one invoke (or of all of them batched)."""
+        if invoke is None:
+            args, kwargs, _, _ = self.model._batch([inv.inputs for inv in self.invokers])
+            return args, kwargs
+        args, kwargs, _ = self.invokers[invoke].inputs
+        return args, kwargs
+
+    # -- what the user calls on the tracer ------------------------------------------------------------
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """A new batch slice for these inputs."""
+        return Invoker(self, inputs, kwargs)
+
+    def stop(self) -> None:
+        """Stop the model once every node defined above has run."""
+        node = self.graph.add("stop", "barrier")
+        for earlier in self.graph.nodes[:-1]:
+            if earlier not in node.deps:
+                self.graph.depend(node, earlier)
+
+    def log(self, *values: Any) -> None:
+        """Print values when the graph runs."""
+        self.graph.add("log", None, values)
+
+    def cond(self, condition: Any) -> Condition:
+        """`with tracer.cond(c):` runs the nodes made inside only if c holds."""
+        return Condition(self.graph, condition)
+
+    def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Proxy:
+        """Add a call of any function to the graph."""
+        return self.graph.proxy("call_function", fn, args, kwargs)
+
+    # -- module events (used by Envoy) ----------------------------------------------------------------
+    def event(self, path: str, kind: str) -> Proxy:
+        """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
+        call = self.calls.get(path, 0)
+        key = (path, kind, call, self.graph.invoke)
+        proxy = self.events.get(key)
+        if proxy is None:
+            if kind == "input":
+                inputs = self.event(path, "inputs")
+                proxy = Proxy(self.graph.add("input", None, (inputs,), guarded=False), self.graph)
+            else:
+                proxy = Proxy(self.graph.add(kind, path, (call,), guarded=False), self.graph)
+            self.events[key] = proxy
+        return proxy
+
+    def set_event(self, path: str, kind: str, value: Any) -> None:
+        """`envoy.output = value` (or input/inputs): swap what the model gets."""
+        first = kind == "input"
+        if first:
+            kind = "inputs"
+        event = self.event(path, kind).node
+        base = event if event.op == kind else event.args[0]
+        swap = self.graph.add("swap", None, (base, value), {"first": True} if first else None)
+        latest = self.graph.add("current", None, (base, swap), guarded=False)
+        call = self.calls.get(path, 0)
+        self.events[(path, kind, call, self.graph.invoke)] = Proxy(latest, self.graph)
+        self.events.pop((path, "input", call, self.graph.invoke), None)
+
+    def next_call(self, path: str, step: int) -> None:
+        call = self.calls.get(path, 0)
+        self.calls[path] = step if call == ALL_CALLS else call + step
+
+    def all_calls(self, path: str) -> None:
+        self.calls[path] = ALL_CALLS
+
+    # -- gradients (used by Proxy) --------------------------------------------------------------------
+    def grad_of(self, proxy: Proxy) -> Proxy:
+        grad = self.grads.get(proxy.node)
+        if grad is None:
+            scope = self.graph.backward
+            kwargs = {"backward": scope.index} if scope is not None else None
+            grad = self.graph.proxy("grad", None, (proxy,), kwargs)
+            self.grads[proxy.node] = grad
+        return grad
+
+    def set_grad(self, proxy: Proxy, value: Any) -> None:
+        grad = self.grad_of(proxy)
+        base = grad.node if grad.node.op == "grad" else grad.node.args[0]
+        swap = self.graph.add("swap", None, (base, value))
+        self.grads[proxy.node] = Proxy(self.graph.add("current", None, (base, swap), guarded=False), self.graph)
+
+    # -- fake values (used by Proxy) ------------------------------------------------------------------
+    def fake(self, node: Node) -> Any:
+        return self.scan.value(node)
+

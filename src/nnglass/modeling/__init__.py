@@ -1,0 +1,1 @@
+"""Model wrappers: NNsight for any torch module, LanguageModel for transformers."""

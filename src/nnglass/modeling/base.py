@@ -1,0 +1,80 @@
+"""NNsight: wraps any torch module so that its internals can be traced and edited."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..intervention.envoy import Envoy
+from ..intervention.scan import record_forward
+from ..intervention.tracer import Tracer
+from ..tracing.node import map_nested
+
+
+class NNsight(Envoy):
+    """The root envoy of a model, with `trace` and `scan`."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__(module, "")
+        self._model = module
+        self._modules_by_path = dict(module.named_modules())
+        self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._scans: dict[Any, dict] = {}
+
+    def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
+              invoker_args: dict | None = None, **kwargs: Any) -> Any:
+        """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
+        if not trace:
+            args, kw, _ = self._prepare_inputs(*inputs, **{**(invoker_args or {}), **kwargs})
+            return self._execute(*args, **kw)
+        return Tracer(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args)
+
+    def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
+        """`with model.scan(input):` gives shapes and dtypes without running the model."""
+        return Tracer(self, inputs, kwargs, scan=True, run=False)
+
+    # -- what subclasses adapt --------------------------------------------------------------------------
+    def _prepare_inputs(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """Model args and kwargs for one invoke, and its batch size."""
+        first = next((v for v in (*inputs, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        size = first.shape[0] if first is not None and first.ndim else 1
+        return inputs, kwargs, size
+
+    def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
+        """Concatenate invokes along the batch dimension; also give each invoke's (start, size)."""
+        slices, start = [], 0
+        for _, _, size in prepared:
+            slices.append((start, size))
+            start += size
+        if len(prepared) == 1:
+            args, kwargs, _ = prepared[0]
+            return args, kwargs, slices, start
+        args = tuple(_concat([p[0][i] for p in prepared]) for i in range(len(prepared[0][0])))
+        kwargs = {k: _concat([p[1][k] for p in prepared]) for k in prepared[0][1]}
+        return args, kwargs, slices, start
+
+    def _execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the wrapped model."""
+        return self._model(*args, **kwargs)
+
+    def _scan_records(self, args: tuple, kwargs: dict) -> dict:
+        """Fake-tensor records of every module's inputs and outputs, cached per input signature."""
+        key = _signature((args, kwargs))
+        records = self._scans.get(key)
+        if records is None:
+            records = self._scans[key] = record_forward(self, args, kwargs, self._fake_mode)
+        return records
+
+
+def _concat(values: list[Any]) -> Any:
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return values[0]
+
+
+def _signature(value: Any) -> Any:
+    leaves: list[Any] = []
+    map_nested(value, lambda v: leaves.append(
+        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else repr(v)))
+    return tuple(leaves)

@@ -1,0 +1,114 @@
+"""Node: one operation of an intervention graph, kept as plain data (like torch.fx)."""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from typing import Any, Callable
+
+import einops
+import torch
+
+
+class _Empty:
+    """Marks a node value that is not set (never computed, or freed)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EMPTY"
+
+
+EMPTY = _Empty()
+
+# Frames from these folders are skipped when we look for the user's line.
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep
+    for m in (sys.modules["nnglass"], torch, einops)
+) + (os.path.dirname(os.__file__) + os.sep + "contextlib.py",)
+
+
+def user_line(depth: int = 2) -> tuple[str, int]:
+    """File and line of the first caller outside nnglass, torch and einops."""
+    frame = sys._getframe(depth)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame = frame.f_back
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+def describe_line(where: tuple[str, int] | None) -> str:
+    """`file:line: source text` for an error message."""
+    if where is None:
+        return "<unknown>"
+    filename, lineno = where
+    source = linecache.getline(filename, lineno).strip()
+    return f"{filename}:{lineno}" + (f": {source}" if source else "")
+
+
+def map_nested(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """Apply fn to every leaf of nested tuples, lists, dicts and slices."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(map_nested(v, fn) for v in value)
+    if kind is dict:
+        return {k: map_nested(v, fn) for k, v in value.items()}
+    if kind is slice:
+        return slice(map_nested(value.start, fn), map_nested(value.stop, fn), map_nested(value.step, fn))
+    return fn(value)
+
+
+_CONTAINERS = (tuple, list, dict, slice)
+
+
+class Node:
+    """One operation: `op` names the executor method, `target` what it calls or reads."""
+
+    __slots__ = (
+        "op", "target", "args", "kwargs", "index", "deps", "users", "where",
+        "invoke", "saved", "nested", "value", "remaining", "uses_left", "state",
+    )
+
+    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, index: int,
+                 deps: list[Node], nested: bool, where: tuple[str, int] | None,
+                 invoke: int | None) -> None:
+        self.op = op
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.index = index
+        self.deps = deps          # distinct nodes this one waits for
+        self.users: list[Node] = []
+        self.where = where
+        self.invoke = invoke
+        self.saved = False
+        self.nested = nested      # args hold containers that must be walked to resolve
+        self.value: Any = EMPTY
+        self.remaining = 0        # deps not yet done, during a run
+        self.uses_left = 0        # users not yet done, during a run; frees the value at 0
+        self.state = 0            # PENDING, DONE or SKIPPED, during a run
+
+    @property
+    def name(self) -> str:
+        """A readable id, e.g. `call_function_3`."""
+        return f"{self.op}_{self.index}"
+
+    def resolve_args(self) -> tuple[tuple, dict]:
+        """Args and kwargs with every dependency replaced by its value."""
+        if self.nested:
+            return map_nested(self.args, _value_of), map_nested(self.kwargs, _value_of)
+        args = tuple(a.value if type(a) is Node else a for a in self.args)
+        return args, self.kwargs
+
+    def __repr__(self) -> str:
+        return f"Node({self.name}, target={_target_name(self.target)})"
+
+
+def _value_of(value: Any) -> Any:
+    return value.value if type(value) is Node else value
+
+
+def _target_name(target: Any) -> str:
+    return getattr(target, "__qualname__", None) or repr(target)
+
+
+PENDING, DONE, SKIPPED = 0, 1, 2
