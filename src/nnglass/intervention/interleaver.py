@@ -1,6 +1,7 @@
 """Interleaver: runs an intervention graph alongside a model's forward (and backward) pass."""
 from __future__ import annotations
 
+import heapq
 import operator
 import threading
 from typing import Any, Callable
@@ -162,7 +163,7 @@ class Interleaver(Executor):
                     f"This edit cannot be applied: it changes a value when the model produces it, "
                     f"but it needs a value that the model produces only later.\n"
                     f"  the edit: {describe_line(edit.where)}\n"
-                    f"  the later value: {describe_line(missing.where)}")
+                    f"  the later value: {describe_line(missing.where)}{_event_name(missing)}")
 
     # -- batch slices --------------------------------------------------------------------------
     def narrow(self, value: Any, invoke: int | None) -> Any:
@@ -217,11 +218,16 @@ class Interleaver(Executor):
         return value if result is None and value is not grad else result
 
     def backward(self, node: Node, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # Nodes already waiting to run stay parked: inside the backward pass only what the
+        # gradients wake may run (autograd runs hooks with grad mode off).
         outer, self.backward_pass = self.backward_pass, node.index
+        parked, self.ready = self.ready, []
         try:
             tensor.backward(*args, **kwargs)
         finally:
             self.backward_pass = outer
+            self.ready = parked + self.ready
+            heapq.heapify(self.ready)
 
 
 def _batched(value: Any, batch: int) -> bool:
@@ -273,6 +279,10 @@ def _downstream(node: Node) -> list[Node]:
             seen[user.index] = user
             stack.extend(user.users)
     return [seen[i] for i in sorted(seen)]
+
+
+def _event_name(node: Node) -> str:
+    return f" (the {node.op} of module '{node.target}')" if node.op in EVENTS else ""
 
 
 def _first_missing(node: Node) -> Node:

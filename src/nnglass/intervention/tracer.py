@@ -40,14 +40,15 @@ class Tracer:
 
     def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
                  scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
-                 run: bool = True) -> None:
+                 run: bool = True, method: str = "_execute") -> None:
         self.model = model
+        self.method = method                   # the model method that runs the batch
         self.graph = Graph()
         self.graph.owner = self
         self.invokers: list[Invoker] = []
         self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
         self.calls: dict[str, int] = {}        # module path -> call index addressed by .output
-        self.grads: dict[Node, Proxy] = {}     # tensor node -> latest proxy of its gradient
+        self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward scope) -> latest gradient proxy
         self.scanning = scan or validate
         self.run = run
         self.scan = Scan(self)
@@ -81,7 +82,7 @@ class Tracer:
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
         args, kwargs, slices, size = self.model._batch([inv.inputs for inv in self.invokers])
         interleaver = Interleaver(self.graph, self.model._modules_by_path, slices, size)
-        self.output = interleaver.run(self.model._execute, *args, **kwargs)
+        self.output = interleaver.run(getattr(self.model, self.method), *args, **kwargs)
         return self.output
 
     def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
@@ -153,19 +154,19 @@ class Tracer:
 
     # -- gradients (used by Proxy) --------------------------------------------------------------------
     def grad_of(self, proxy: Proxy) -> Proxy:
-        grad = self.grads.get(proxy.node)
+        scope = self.graph.backward
+        key = (proxy.node, scope)
+        grad = self.grads.get(key)
         if grad is None:
-            scope = self.graph.backward
             kwargs = {"backward": scope.index} if scope is not None else None
-            grad = self.graph.proxy("grad", None, (proxy,), kwargs)
-            self.grads[proxy.node] = grad
+            grad = self.grads[key] = self.graph.proxy("grad", None, (proxy,), kwargs)
         return grad
 
     def set_grad(self, proxy: Proxy, value: Any) -> None:
         grad = self.grad_of(proxy)
         base = grad.node if grad.node.op == "grad" else grad.node.args[0]
         swap = self.graph.add("swap", None, (base, value))
-        self.grads[proxy.node] = Proxy(self.graph.add("current", None, (base, swap), guarded=False), self.graph)
+        self.grads[(proxy.node, self.graph.backward)] = Proxy(self.graph.add("current", None, (base, swap), guarded=False), self.graph)
 
     # -- fake values (used by Proxy) ------------------------------------------------------------------
     def fake(self, node: Node) -> Any:
