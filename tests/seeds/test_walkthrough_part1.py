@@ -23,7 +23,8 @@ def test_unsaved_value_raises(tiny, x):  # cell 6
             output.value
         except ValueError as error:
             message = str(error)
-    assert message == "Accessing value before it's been set."
+    assert message.startswith("Accessing value before it's been set.")
+    assert "Nothing has run yet" in message
 
 
 def test_saved_output(tiny, net, x):  # cell 7

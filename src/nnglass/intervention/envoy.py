@@ -29,10 +29,12 @@ class Envoy:
 
     # -- the module tree --------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        children = self.__dict__.get("_children")
-        if children is not None and name in children:
-            return children[name]
-        return getattr(self.__dict__["_module"], name)
+        state = self.__dict__
+        if "_module" not in state:  # not initialised yet (copy, unpickling)
+            raise AttributeError(name)
+        if name in state["_children"]:
+            return state["_children"][name]
+        return getattr(state["_module"], name)
 
     def __getitem__(self, key: int | str) -> Envoy:
         children = list(self._children.values())

@@ -6,7 +6,7 @@ from typing import Any
 from ..tracing import contexts
 from ..tracing.contexts import Condition
 from ..tracing.graph import Graph
-from ..tracing.node import Node
+from ..tracing.node import Node, map_nested
 from ..tracing.proxy import Proxy, TraceError
 from .interleaver import ALL_CALLS, Interleaver
 from .scan import Scan
@@ -17,9 +17,18 @@ class Invoker:
 
     def __init__(self, tracer: Tracer, inputs: tuple, kwargs: dict) -> None:
         self.tracer = tracer
-        self.inputs = tracer.model._prepare_inputs(*inputs, **kwargs)  # (args, kwargs, batch size)
+        self.raw = (inputs, kwargs)   # as the user gave them; may hold proxies inside a session
+        self.prepared: tuple | None = None
         self.index: int | None = None
         self.outer: int | None = None
+
+    @property
+    def inputs(self) -> tuple[tuple, dict, int]:
+        """The model args, kwargs and batch size of this invoke."""
+        if self.prepared is None:
+            inputs, kwargs = self.raw
+            self.prepared = self.tracer.model._prepare_inputs(*inputs, **kwargs)
+        return self.prepared
 
     def __enter__(self) -> Invoker:
         tracer = self.tracer
@@ -40,11 +49,16 @@ class Tracer:
 
     def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
                  scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
-                 run: bool = True, method: str = "_execute") -> None:
+                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None) -> None:
         self.model = model
         self.method = method                   # the model method that runs the batch
-        self.graph = Graph()
+        self.call_kwargs = call_kwargs or {}   # keywords for that method (e.g. generation settings)
+        outer = contexts.current()
+        nested = outer is not None and outer.graph.building
+        # inside a session (or loop) the trace is a subgraph that runs when its turn comes
+        self.graph = Graph(parent=outer.graph.root.open) if nested else Graph()
         self.graph.owner = self
+        self.outer_open: Graph | None = None
         self.invokers: list[Invoker] = []
         self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
         self.calls: dict[str, int] = {}        # module path -> call index addressed by .output
@@ -58,11 +72,15 @@ class Tracer:
             self.invoker = Invoker(self, inputs, {**(invoker_args or {}), **(kwargs or {})})
         if validate:
             self.graph.on_add = self.scan.value
+        for edit in getattr(model, "_edits", ()) if run else ():
+            self.replay(edit)
 
     # -- the context --------------------------------------------------------------------------------
     def __enter__(self) -> Tracer:
         contexts.stack().append(self)
         contexts.open_patches()
+        root = self.graph.root
+        self.outer_open, root.open = root.open, self.graph
         if self.invoker is not None:
             self.invoker.__enter__()
         return self
@@ -72,17 +90,26 @@ class Tracer:
             self.invoker.__exit__()
         contexts.stack().pop()
         contexts.close_patches()
-        self.graph.building = False
+        root = self.graph.root
+        root.open = self.outer_open
+        if root is not self.graph:
+            if exc_type is None and self.run:
+                root.open.add("trace", self, tuple(inv.raw for inv in self.invokers))
+            return
+        self.graph.close()
         if exc_type is None and self.run:
             self.execute()
 
-    def execute(self) -> Any:
-        """Run the model once over all invokes, with the graph interleaved."""
+    def execute(self, raw: tuple | None = None) -> Any:
+        """Run the model once over all invokes (given their inputs, inside a session)."""
+        if raw is not None:
+            for invoker, inputs in zip(self.invokers, raw):
+                invoker.raw, invoker.prepared = inputs, None
         if not self.invokers:
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
         args, kwargs, slices, size = self.model._batch([inv.inputs for inv in self.invokers])
         interleaver = Interleaver(self.graph, self.model._modules_by_path, slices, size)
-        self.output = interleaver.run(getattr(self.model, self.method), *args, **kwargs)
+        self.output = interleaver.run(getattr(self.model, self.method), *args, **{**kwargs, **self.call_kwargs})
         return self.output
 
     def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
@@ -92,6 +119,16 @@ class Tracer:
             return args, kwargs
         args, kwargs, _ = self.invokers[invoke].inputs
         return args, kwargs
+
+    def replay(self, edit: Graph) -> None:
+        """Copy an edit's nodes into this trace (they apply to the whole batch)."""
+        copies: dict = {}
+        remap = lambda v: copies.get(v, v) if type(v) is Node else v  # noqa: E731
+        for node in edit.nodes:
+            new = self.graph.add(node.op, node.target, map_nested(node.args, remap),
+                                 map_nested(node.kwargs, remap), guarded=False)
+            new.where = node.where
+            copies[node] = new
 
     # -- what the user calls on the tracer ------------------------------------------------------------
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:

@@ -8,6 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..intervention.envoy import Envoy
 from ..intervention.scan import record_forward
+from ..intervention.session import Editor, Session
 from ..intervention.tracer import Tracer
 from ..tracing.node import map_nested
 
@@ -21,6 +22,7 @@ class NNsight(Envoy):
         self._modules_by_path = dict(module.named_modules())
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._scans: dict[Any, dict] = {}
+        self._edits: list[Any] = []  # graphs that every trace of this model applies first
 
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, **kwargs: Any) -> Any:
@@ -33,6 +35,18 @@ class NNsight(Envoy):
     def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """`with model.scan(input):` gives shapes and dtypes without running the model."""
         return Tracer(self, inputs, kwargs, scan=True, run=False)
+
+    def session(self) -> Session:
+        """`with model.session() as session:` runs the traces inside in order, at exit."""
+        return Session(self)
+
+    def edit(self, inplace: bool = False) -> Editor:
+        """`with model.edit() as edited:` makes interventions that apply to every later trace."""
+        return Editor(self, inplace)
+
+    def clear_edits(self) -> None:
+        """Remove all edits made with `edit(inplace=True)`."""
+        self._edits = []
 
     # -- what subclasses adapt --------------------------------------------------------------------------
     def _prepare_inputs(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict, int]:

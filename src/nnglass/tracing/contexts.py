@@ -8,8 +8,8 @@ from typing import Any, Callable
 import einops
 import torch
 
-from .node import Node
-from .proxy import Proxy
+from .node import Node, map_nested
+from .proxy import Proxy, TraceError
 
 _local = threading.local()
 
@@ -47,6 +47,7 @@ class Condition:
         self.outer: Node | None = None
 
     def __enter__(self) -> Condition:
+        self.graph = self.graph.root.open
         self.outer = self.graph.guard
         self.graph.guard = self.graph.add("cond", None, (self.condition,))
         return self
@@ -55,10 +56,53 @@ class Condition:
         self.graph.guard = self.outer
 
 
+class Iterator:
+    """`with session.iter(iterable) as item:` — the body is recorded once and run per item."""
+
+    def __init__(self, graph: Any, iterable: Any, return_context: bool = False) -> None:
+        self.graph = graph
+        self.iterable = iterable
+        self.return_context = return_context
+        self.body: Any = None
+        self.outer: Any = None
+
+    def __enter__(self) -> Any:
+        root = self.graph.root
+        self.outer = root.open
+        self.body = type(self.graph)(parent=self.outer, sequential=True)
+        self.body.owner = self
+        self.outer.add("iter", self.body, (self.iterable,))
+        root.open = self.body
+        item = Proxy(self.body.add("item", None), self.body)
+        return (item, self) if self.return_context else item
+
+    def __exit__(self, *exc: Any) -> None:
+        self.graph.root.open = self.outer
+        self.outer = None
+
+    def _recording(self) -> Any:
+        if self.outer is None:
+            raise TraceError("This loop's context can be used only inside its `with session.iter(...)` block.")
+        return self.graph.root.open
+
+    def exit(self) -> None:
+        """Leave the loop (like `break`) when this point runs."""
+        self._recording().add("exit", "loop")
+
+    def log(self, *values: Any) -> None:
+        """Print values when the loop body runs."""
+        self._recording().add("log", None, values)
+
+    def cond(self, condition: Any) -> Condition:
+        """`with iterator.cond(c):` runs what is inside only if c holds."""
+        return Condition(self._recording(), condition)
+
+
 # -- functions that must become nodes while a trace is being built ----------------------------------
 _FACTORIES = ("randn", "rand", "randint", "randperm", "normal", "zeros", "ones", "full", "empty",
               "arange", "linspace", "logspace", "eye", "tensor", "as_tensor")
 _EINOPS = ("rearrange", "reduce", "repeat", "einsum", "pack", "unpack")
+_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam")
 _lock = threading.Lock()
 _open = 0
 _originals: dict[tuple[Any, str], Callable[..., Any]] = {}
@@ -79,20 +123,40 @@ def _factory(original: Callable[..., Any]) -> Callable[..., Any]:
     return traced
 
 
+def _first_proxy(value: Any) -> Proxy | None:
+    found: list[Proxy] = []
+    map_nested(value, lambda v: found.append(v) if isinstance(v, Proxy) and v.graph.building else None)
+    return found[0] if found else None
+
+
 def _on_proxies(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def traced(*args: Any, **kwargs: Any) -> Any:
-        proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, Proxy)), None)
-        if proxy is None and args and isinstance(args[0], (list, tuple)):
-            proxy = next((a for a in args[0] if isinstance(a, Proxy)), None)
-        if proxy is None or not proxy.graph.building:
+        proxy = _first_proxy((args, kwargs))
+        if proxy is None:
             return original(*args, **kwargs)
         return proxy.graph.proxy("call_function", original, args, kwargs)
     return traced
 
 
+_PARAMETER = torch.nn.Parameter
+
+
+def _parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Parameter.__new__ that makes a node when given a proxy (the class itself stays the same)."""
+    def new(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
+        proxy = _first_proxy(data)
+        if proxy is None:
+            return original(cls, data, requires_grad)
+        return proxy.graph.proxy("call_function", _PARAMETER, (data,), {"requires_grad": requires_grad})
+    return staticmethod(new)
+
+
 def _targets() -> list[tuple[Any, str, Callable[..., Any]]]:
-    return [(torch, name, _factory) for name in _FACTORIES] + [(einops, name, _on_proxies) for name in _EINOPS]
+    return ([(torch, name, _factory) for name in _FACTORIES]
+            + [(einops, name, _on_proxies) for name in _EINOPS]
+            + [(torch.optim, name, _on_proxies) for name in _OPTIMIZERS]
+            + [(_PARAMETER, "__new__", _parameter_new)])
 
 
 def open_patches() -> None:
@@ -102,7 +166,7 @@ def open_patches() -> None:
         _open += 1
         if _open == 1:
             for owner, name, wrap in _targets():
-                original = getattr(owner, name)
+                original = vars(owner)[name]  # raw, so a staticmethod is restored as one
                 _originals[(owner, name)] = original
                 setattr(owner, name, wrap(original))
 

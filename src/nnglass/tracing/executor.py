@@ -18,6 +18,16 @@ class EarlyStop(BaseException):
     """Unwinds the model's forward pass after a stop node ran (BaseException: model code must not catch it)."""
 
 
+class Exit(BaseException):
+    """`session.exit()` or `iterator.exit()` ran: unwinds to the session or the loop."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+
+_PINNED = 1 << 40  # added to uses_left of values that a loop needs in every iteration
+
+
 class Executor:
     """Dataflow execution of one graph; op names are method names."""
 
@@ -28,32 +38,56 @@ class Executor:
 
     def start(self) -> None:
         """Reset run state and queue the nodes that wait for nothing."""
-        ready = self.ready
-        for node in self.graph.nodes:
+        nodes = self.graph.nodes
+        for node in nodes:
             node.state = PENDING
-            node.remaining = len(node.deps)
+        ready = self.ready
+        for node in nodes:
+            # values from enclosing graphs (sessions, loops) are there already
+            node.remaining = sum(1 for dep in node.deps if dep.state != DONE)
             node.uses_left = len(node.users)
-            if not node.deps and not self.external(node):
+            if node.remaining == 0 and not self.external(node):
                 ready.append(node.index)
         heapq.heapify(ready)
 
     def external(self, node: Node) -> bool:
-        """Whether a node's value is handed in from outside (a hook) rather than computed."""
-        return False
+        """Whether a node's value is handed in from outside (a hook, a loop) rather than computed."""
+        return node.op == "item"
+
+    def run(self) -> None:
+        """Run the whole graph (sessions and loop bodies: strictly in order)."""
+        self.start()
+        self.run_started()
+
+    def run_started(self) -> None:
+        """Run what start() left to run."""
+        if not self.graph.sequential:
+            self.drain()
+            return
+        for node in self.graph.nodes:
+            if node.state == PENDING and not self.external(node):
+                if all(dep.state == DONE for dep in node.deps):
+                    self.execute(node)
 
     def drain(self) -> None:
         """Run every ready node, lowest index first."""
-        nodes, ready = self.graph.nodes, self.ready
+        nodes, ready, pop, execute = self.graph.nodes, self.ready, heapq.heappop, self.execute
         while ready:
-            node = nodes[heapq.heappop(ready)]
+            node = nodes[pop(ready)]
             if node.state == PENDING:
-                self.execute(node)
+                execute(node)
 
     def execute(self, node: Node) -> None:
         """Run one node and hand its value to its users."""
-        args, kwargs = node.resolve_args()
         try:
-            value = getattr(self, node.op)(node, *args, **kwargs)
+            if node.nested:
+                args, kwargs = node.resolve_args()
+            else:
+                args, kwargs = [a.value if type(a) is Node else a for a in node.args], node.kwargs
+            if node.op == "call_function":  # the hot path, without a method lookup
+                value = node.target(*args, **kwargs)
+            else:
+                value = getattr(self, node.op)(node, *args, **kwargs)
         except EarlyStop:
             raise
         except Exception as exc:
@@ -67,11 +101,12 @@ class Executor:
         """Set a node's value, wake users whose inputs are now all there, free dead values."""
         node.value = value
         node.state = DONE
-        ready = self.ready
+        graph = node.graph
         for user in node.users:
-            user.remaining -= 1
-            if user.remaining == 0:
-                heapq.heappush(ready, user.index)
+            if user.graph is graph and not graph.sequential:
+                user.remaining -= 1
+                if user.remaining == 0:
+                    heapq.heappush(self.ready, user.index)
         for dep in node.deps:
             dep.uses_left -= 1
             if dep.uses_left == 0 and not dep.saved:
@@ -93,9 +128,10 @@ class Executor:
             stack.extend(user.users)
 
     def finish(self) -> None:
-        """Drop every value that was not saved."""
-        for node in self.graph.nodes:
-            if not node.saved:
+        """Drop every value that was not saved and that no later graph waits for."""
+        graph = self.graph
+        for node in graph.nodes:
+            if not node.saved and not any(u.graph is not graph and u.state == PENDING for u in node.users):
                 node.value = EMPTY
 
     # -- generic ops ----------------------------------------------------------------------
@@ -122,6 +158,39 @@ class Executor:
 
     def stop(self, node: Node, *_: Any) -> None:
         self.stop_requested = True
+
+    def exit(self, node: Node) -> None:
+        raise Exit(node.target)
+
+    def trace(self, node: Node, *inputs: Any) -> None:
+        node.target.execute(inputs)
+
+    def iter(self, node: Node, iterable: Any) -> None:
+        body: Graph = node.target
+        item = body.nodes[0]  # the loop variable
+        for graph in body.walk():  # values from outside are needed in every iteration
+            for inner in graph.nodes:
+                for dep in inner.deps:
+                    if not _inside(dep.graph, body):
+                        dep.uses_left += _PINNED
+        for value in iterable:
+            loop = Executor(body)
+            loop.start()
+            loop.complete(item, value)
+            try:
+                loop.run_started()
+            except Exit as exit:
+                if exit.scope != "loop":
+                    raise
+                break
+
+
+def _inside(graph: Graph, outer: Graph) -> bool:
+    while graph is not None:
+        if graph is outer:
+            return True
+        graph = graph.parent
+    return False
 
 
 def locate(exc: Exception, node: Node) -> Exception:

@@ -28,10 +28,19 @@ _LIBRARY_DIRS = tuple(
 ) + (os.path.dirname(os.__file__) + os.sep + "contextlib.py",)
 
 
-def user_line(depth: int = 2) -> tuple[str, int]:
+_is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
+
+
+def user_line() -> tuple[str, int]:
     """File and line of the first caller outside nnglass, torch and einops."""
-    frame = sys._getframe(depth)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+    frame = sys._getframe(2)  # 0: here, 1: Graph.add, 2: the nnglass code that called it
+    while frame.f_back is not None:
+        filename = frame.f_code.co_filename
+        skip = _is_library.get(filename)
+        if skip is None:
+            skip = _is_library[filename] = filename.startswith(_LIBRARY_DIRS)
+        if not skip:
+            break
         frame = frame.f_back
     return frame.f_code.co_filename, frame.f_lineno
 
@@ -64,18 +73,19 @@ class Node:
     """One operation: `op` names the executor method, `target` what it calls or reads."""
 
     __slots__ = (
-        "op", "target", "args", "kwargs", "index", "deps", "users", "where",
+        "op", "target", "args", "kwargs", "graph", "index", "deps", "users", "where",
         "invoke", "saved", "nested", "value", "remaining", "uses_left", "state",
     )
 
-    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, index: int,
+    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, graph: Any,
                  deps: list[Node], nested: bool, where: tuple[str, int] | None,
                  invoke: int | None) -> None:
         self.op = op
         self.target = target
         self.args = args
         self.kwargs = kwargs
-        self.index = index
+        self.graph = graph
+        self.index = len(graph.nodes)
         self.deps = deps          # distinct nodes this one waits for
         self.users: list[Node] = []
         self.where = where

@@ -11,6 +11,8 @@ class TraceError(Exception):
     """Misuse of a proxy while the trace is being built."""
 
 
+_NOT_RUN = (" Nothing has run yet: values exist once the outermost `with` block (trace or "
+            "session) has ended, and only for proxies marked with .save().")
 _NO_BOOL = ("A proxy has no truth value while the trace is being built: its value exists only "
             "when the model runs. Use `with tracer.cond(proxy):` for a condition.")
 _NO_ITER = ("A proxy cannot be iterated while the trace is being built: its value exists only "
@@ -24,9 +26,11 @@ class Proxy:
 
     __slots__ = ("node", "graph")
 
-    def __init__(self, node: Node, graph: Any) -> None:
-        object.__setattr__(self, "node", node)
-        object.__setattr__(self, "graph", graph)
+    def __new__(cls, node: Node, graph: Any) -> Proxy:
+        self = object.__new__(cls)
+        _set_node(self, node)
+        _set_graph(self, graph)
+        return self
 
     # -- the value -------------------------------------------------------------------------
     @property
@@ -34,7 +38,8 @@ class Proxy:
         """The node's value; raises if it was never set or not saved."""
         value = self.node.value
         if value is EMPTY:
-            raise ValueError("Accessing value before it's been set.")
+            hint = _NOT_RUN if self.graph.building else ""
+            raise ValueError("Accessing value before it's been set." + hint)
         return value
 
     def save(self) -> Proxy:
@@ -148,16 +153,22 @@ class Proxy:
     __hash__ = object.__hash__
 
 
+_set_node = Proxy.__dict__["node"].__set__    # slot setters: Proxy overrides __setattr__
+_set_graph = Proxy.__dict__["graph"].__set__
+
+
 class Attribute(Proxy):
     """`proxy.name`: a method call if called, otherwise a `getattr` node made on first use."""
 
     __slots__ = ("parent", "attr", "_node")
 
-    def __init__(self, parent: Proxy, name: str) -> None:
+    def __new__(cls, parent: Proxy, name: str) -> Attribute:
+        self = object.__new__(cls)
         object.__setattr__(self, "parent", parent)
         object.__setattr__(self, "attr", name)
         object.__setattr__(self, "_node", None)
-        object.__setattr__(self, "graph", parent.graph)
+        _set_graph(self, parent.graph)
+        return self
 
     @property
     def node(self) -> Node:  # type: ignore[override]
@@ -184,7 +195,8 @@ def _graph_in(value: Any) -> Any:
 def _binary(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         if self.graph.building:
-            return Proxy(self.graph.add("call_function", fn, (self, other)), self.graph)
+            node = self.graph.add("call_function", fn, (self, other))
+            return Proxy(node, node.graph)
         return fn(self.value, _value(other))
     return method
 
@@ -192,7 +204,8 @@ def _binary(fn: Any) -> Any:
 def _reflected(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         if self.graph.building:
-            return Proxy(self.graph.add("call_function", fn, (other, self)), self.graph)
+            node = self.graph.add("call_function", fn, (other, self))
+            return Proxy(node, node.graph)
         return fn(_value(other), self.value)
     return method
 
@@ -200,7 +213,8 @@ def _reflected(fn: Any) -> Any:
 def _unary(fn: Any) -> Any:
     def method(self: Proxy) -> Any:
         if self.graph.building:
-            return Proxy(self.graph.add("call_function", fn, (self,)), self.graph)
+            node = self.graph.add("call_function", fn, (self,))
+            return Proxy(node, node.graph)
         return fn(self.value)
     return method
 

@@ -1,0 +1,80 @@
+"""Session: several traces (and loops) recorded together and run in order at exit; model edits."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..tracing import contexts
+from ..tracing.contexts import Condition, Iterator
+from ..tracing.executor import EMPTY, Executor, Exit
+from ..tracing.graph import Graph
+from .tracer import Tracer
+
+
+class Session:
+    """`with model.session() as session:` — traces inside run one after another on exit."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.graph = Graph(sequential=True)
+        self.graph.owner = self
+
+    def __enter__(self) -> Session:
+        contexts.stack().append(self)
+        contexts.open_patches()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        contexts.stack().pop()
+        contexts.close_patches()
+        self.graph.close()
+        if exc_type is None:
+            self.execute()
+
+    def execute(self) -> None:
+        """Run every node in order; keep only saved values."""
+        try:
+            Executor(self.graph).run()
+        except Exit as exit:
+            if exit.scope != "session":
+                raise
+        finally:
+            for graph in self.graph.walk():
+                for node in graph.nodes:
+                    if not node.saved:
+                        node.value = EMPTY
+
+    def iter(self, iterable: Any, return_context: bool = False) -> Iterator:
+        """`with session.iter(items) as item:` records the body once and runs it per item."""
+        return Iterator(self.graph, iterable, return_context)
+
+    def log(self, *values: Any) -> None:
+        """Print values when the session runs."""
+        self.graph.add("log", None, values)
+
+    def exit(self) -> None:
+        """End the session when this point runs."""
+        self.graph.add("exit", "session")
+
+    def cond(self, condition: Any) -> Condition:
+        """`with session.cond(c):` runs what is inside only if c holds."""
+        return Condition(self.graph, condition)
+
+
+class Editor(Tracer):
+    """`with model.edit() as edited:` records interventions that every later trace applies."""
+
+    def __init__(self, model: Any, inplace: bool) -> None:
+        super().__init__(model, run=False)
+        self.edited = model if inplace else copy.copy(model)
+        if not inplace:
+            self.edited._edits = list(model._edits)
+
+    def __enter__(self) -> Any:
+        super().__enter__()
+        return self.edited
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.edited._edits.append(self.graph)
