@@ -150,3 +150,28 @@ def test_inplace_edit_and_clear_edits(tiny, net, x):
         cleared = tiny.output.save()
     assert torch.equal(edited.value, torch.zeros(1, 2))
     assert torch.equal(cleared.value, net(y))
+
+
+def test_cache_collects_listed_modules_by_path(tiny, net, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache(modules=[tiny.layer1]).save()
+    assert list(cache.keys()) == ["layer1"]
+    assert torch.equal(cache["layer1"].output, net.layer1(x))
+    assert torch.equal(cache.layer1.output, net.layer1(x))
+
+
+def test_cache_of_all_modules_with_inputs(tiny, net, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache(include_inputs=True).save()
+    assert set(cache.keys()) == {"", "layer1", "layer2"}
+    assert torch.equal(cache["layer2"].input, net.layer1(x))
+    assert torch.equal(cache[""].output, net(x))
+
+
+def test_cache_hooks_only_listed_modules(tiny, net, x):
+    during = []
+    net.layer2.register_forward_pre_hook(
+        lambda *a: during.append((len(net.layer1._forward_hooks), len(net.layer2._forward_hooks))))
+    with tiny.trace(x) as tracer:
+        tracer.cache(modules=[tiny.layer2])
+    assert during == [(0, 1)]

@@ -51,6 +51,13 @@ class Envoy:
     def __repr__(self) -> str:
         return repr(self._module)
 
+    def _envoys(self) -> list[Envoy]:
+        """This envoy and every envoy below it."""
+        found = [self]
+        for child in self._children.values():
+            found.extend(child._envoys())
+        return found
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tracer = contexts.current()
         if tracer is None:

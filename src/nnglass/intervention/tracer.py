@@ -8,6 +8,7 @@ from ..tracing.contexts import Condition
 from ..tracing.graph import Graph
 from ..tracing.node import Node, map_nested
 from ..tracing.proxy import Proxy, TraceError
+from .cache import Cache, put
 from .interleaver import ALL_CALLS, Interleaver
 from .scan import Scan
 
@@ -149,6 +150,17 @@ class Tracer:
     def cond(self, condition: Any) -> Condition:
         """`with tracer.cond(c):` runs the nodes made inside only if c holds."""
         return Condition(self.graph, condition)
+
+    def cache(self, modules: Any = None, include_inputs: bool = False) -> Proxy:
+        """A dict of module outputs (and inputs), keyed by original module path, filled as they run."""
+        envoys = self.model._envoys() if modules is None else modules
+        store = self.graph.proxy("call_function", Cache, ())
+        for envoy in envoys:
+            path = envoy if isinstance(envoy, str) else envoy._path
+            self.graph.add("call_function", put, (store, path, "output", self.event(path, "output")))
+            if include_inputs:
+                self.graph.add("call_function", put, (store, path, "inputs", self.event(path, "inputs")))
+        return store
 
     def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Proxy:
         """Add a call of any function to the graph."""
