@@ -14,8 +14,9 @@ from .tracer import Tracer
 class Session:
     """`with model.session() as session:` — traces inside run one after another on exit."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, remote: bool = False) -> None:
         self.model = model
+        self.remote = remote  # send the whole session to a server as one request
         self.graph = Graph(sequential=True)
         self.graph.owner = self
 
@@ -32,17 +33,12 @@ class Session:
             self.execute()
 
     def execute(self) -> None:
-        """Run every node in order; keep only saved values."""
-        try:
-            Executor(self.graph).run()
-        except Exit as exit:
-            if exit.scope != "session":
-                raise
-        finally:
-            for graph in self.graph.walk():
-                for node in graph.nodes:
-                    if not node.saved:
-                        node.value = EMPTY
+        """Run every node in order (here or on the server); keep only saved values."""
+        if self.remote:
+            from ..remote.client import execute_remote
+            execute_remote(self)
+        else:
+            run_session(self.graph)
 
     def iter(self, iterable: Any, return_context: bool = False) -> Iterator:
         """`with session.iter(items) as item:` records the body once and runs it per item."""
@@ -59,6 +55,20 @@ class Session:
     def cond(self, condition: Any) -> Condition:
         """`with session.cond(c):` runs what is inside only if c holds."""
         return Condition(self.graph, condition)
+
+
+def run_session(graph: Graph) -> None:
+    """Run a session graph in order, then drop every value that was not saved."""
+    try:
+        Executor(graph).run()
+    except Exit as exit:
+        if exit.scope != "session":
+            raise
+    finally:
+        for inner in graph.walk():
+            for node in inner.nodes:
+                if not node.saved:
+                    node.value = EMPTY
 
 
 class Editor(Tracer):

@@ -50,7 +50,8 @@ class Tracer:
 
     def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
                  scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
-                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None) -> None:
+                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None,
+                 remote: bool = False) -> None:
         self.model = model
         self.method = method                   # the model method that runs the batch
         self.call_kwargs = call_kwargs or {}   # keywords for that method (e.g. generation settings)
@@ -64,6 +65,7 @@ class Tracer:
         self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
         self.calls: dict[str, int] = {}        # module path -> call index addressed by .output
         self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward scope) -> latest gradient proxy
+        self.remote = remote                   # run on a server instead of here
         self.scanning = scan or validate
         self.run = run
         self.scan = Scan(self)
@@ -75,6 +77,17 @@ class Tracer:
             self.graph.on_add = self.scan.value
         for edit in getattr(model, "_edits", ()) if run else ():
             self.replay(edit)
+
+    @classmethod
+    def restore(cls, model: Any, graph: Graph, invokes: int, method: str, call_kwargs: dict) -> Tracer:
+        """A tracer around a graph that arrived over the wire (inputs come at execute)."""
+        tracer = cls.__new__(cls)
+        tracer.model, tracer.graph, tracer.method, tracer.call_kwargs = model, graph, method, call_kwargs
+        tracer.invokers = []
+        tracer.invokers = [Invoker(tracer, (), {}) for _ in range(invokes)]
+        tracer.output, tracer.remote = None, False
+        graph.owner = tracer
+        return tracer
 
     # -- the context --------------------------------------------------------------------------------
     def __enter__(self) -> Tracer:
@@ -108,6 +121,9 @@ class Tracer:
                 invoker.raw, invoker.prepared = inputs, None
         if not self.invokers:
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
+        if self.remote:
+            from ..remote.client import execute_remote
+            return execute_remote(self)
         args, kwargs, slices, size = self.model._batch([inv.inputs for inv in self.invokers])
         interleaver = Interleaver(self.graph, self.model._modules_by_path, slices, size)
         self.output = interleaver.run(getattr(self.model, self.method), *args, **{**kwargs, **self.call_kwargs})

@@ -23,22 +23,25 @@ class NNsight(Envoy):
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._scans: dict[Any, dict] = {}
         self._edits: list[Any] = []  # graphs that every trace of this model applies first
+        self._remote_name: str | None = None  # what a server hosts this model as
 
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-              invoker_args: dict | None = None, **kwargs: Any) -> Any:
+              invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
         if not trace:
-            args, kw, _ = self._prepare_inputs(*inputs, **{**(invoker_args or {}), **kwargs})
-            return self._execute(*args, **kw)
-        return Tracer(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args)
+            with Tracer(self, inputs, kwargs, invoker_args=invoker_args, remote=remote) as tracer:
+                output = self.output.save()
+            return output.value
+        return Tracer(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
+                      remote=remote)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """`with model.scan(input):` gives shapes and dtypes without running the model."""
         return Tracer(self, inputs, kwargs, scan=True, run=False)
 
-    def session(self) -> Session:
+    def session(self, remote: bool = False) -> Session:
         """`with model.session() as session:` runs the traces inside in order, at exit."""
-        return Session(self)
+        return Session(self, remote)
 
     def edit(self, inplace: bool = False) -> Editor:
         """`with model.edit() as edited:` makes interventions that apply to every later trace."""

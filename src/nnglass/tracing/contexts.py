@@ -22,6 +22,20 @@ def stack() -> list[Any]:
     return tracers
 
 
+def log(*values: Any) -> None:
+    """Where `tracer.log(...)` goes: stdout, or this thread's handler (a server sends LOG lines)."""
+    handler = getattr(_local, "log_handler", None)
+    if handler is None:
+        print(*values)
+    else:
+        handler(" ".join(str(v) for v in values))
+
+
+def set_log_handler(handler: Callable[[str], None] | None) -> None:
+    """Send this thread's log lines to handler (None: back to stdout)."""
+    _local.log_handler = handler
+
+
 def current() -> Any:
     """The innermost open tracer of this thread, or None."""
     tracers = stack()

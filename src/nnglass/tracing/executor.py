@@ -4,6 +4,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from . import contexts
 from .graph import Graph
 from .node import DONE, EMPTY, PENDING, SKIPPED, Node, describe_line
 
@@ -148,7 +149,7 @@ class Executor:
         setattr(obj, node.target, value)
 
     def log(self, node: Node, *values: Any) -> None:
-        print(*values)
+        contexts.log(*values)
 
     def cond(self, node: Node, condition: Any) -> bool:
         if not bool(condition):

@@ -1,0 +1,207 @@
+"""LanguageModel: a transformers causal language model with its tokenizer, lazy weights and generation."""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from ..intervention.envoy import Envoy
+from ..intervention.tracer import Tracer
+from ..tracing.contexts import suspended
+from . import tokens
+from .base import NNsight
+
+if TYPE_CHECKING:  # transformers is imported on first use: `import nnglass` stays fast
+    from transformers import PreTrainedModel
+
+# `from_pretrained` keywords that also say where the config and tokenizer come from.
+_SOURCE_KEYS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
+
+
+class WrapperModule(torch.nn.Module):
+    """An identity module: a hook point for values no module of the model produces (generated ids)."""
+
+    def forward(self, value: Any) -> Any:
+        return value
+
+
+class LanguageModel(NNsight):
+    """A transformers causal LM: text inputs, batching of invokes with left padding, `generate`.
+
+    `LanguageModel(path_or_id, **kwargs)` builds the model on the meta device (no weight memory) and
+    loads the weights with `from_pretrained(path_or_id, **kwargs)` on the first run, or at once with
+    `dispatch=True`. `LanguageModel(model, tokenizer=tokenizer)` wraps a model already built.
+    """
+
+    def __init__(self, model: str | os.PathLike | PreTrainedModel, *, tokenizer: Any = None,
+                 automodel: Any = None, dispatch: bool = False,
+                 tokenizer_kwargs: dict | None = None, **kwargs: Any) -> None:
+        loaded = isinstance(model, torch.nn.Module)
+        self._source = None if loaded else str(model)
+        self._automodel = automodel or _auto_causal_lm()
+        self._load_kwargs = kwargs
+        module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
+        module.generator = WrapperModule()
+        super().__init__(module)
+        self._dispatched = loaded
+        self.tokenizer = tokenizer if tokenizer is not None or loaded else _load_tokenizer(
+            self._source, {**_pick(kwargs, _SOURCE_KEYS), **(tokenizer_kwargs or {})})
+        if self.tokenizer is not None and self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._takes_positions = "position_ids" in inspect.signature(module.forward).parameters
+        if dispatch:
+            self.dispatch()
+
+    # -- loading ------------------------------------------------------------------------------------
+    @property
+    def dispatched(self) -> bool:
+        """Whether the real weights are loaded (False while the model lives on the meta device)."""
+        return self._dispatched
+
+    def dispatch(self) -> None:
+        """Load the real weights (once) and point every envoy at the loaded modules."""
+        if self._dispatched:
+            return
+        module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
+        module.generator = WrapperModule()
+        self._model = module
+        self._modules_by_path = dict(module.named_modules())
+        _repoint(self, self._modules_by_path)
+        self._scans.clear()
+        self._dispatched = True
+
+    # -- running ------------------------------------------------------------------------------------
+    def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
+              invoker_args: dict | None = None, **kwargs: Any) -> Any:
+        """`with model.trace(prompt):` one forward pass; keywords other than tokenizer ones go to the model."""
+        return self._run("_execute", inputs, kwargs, trace, scan, validate, invoker_args)
+
+    def generate(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
+                 invoker_args: dict | None = None, **kwargs: Any) -> Any:
+        """`with model.generate(prompt, max_new_tokens=n):` generation; module calls are the steps (`.next()`).
+
+        Keywords other than tokenizer ones (`max_new_tokens`, `do_sample`, `max_length`, ...) go to the
+        model's `generate`; give tokenizer keywords such as `max_length` through `invoker_args`.
+        """
+        return self._run("_generate", inputs, kwargs, trace, scan, validate, invoker_args)
+
+    def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
+        """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
+        invoke_kwargs, call_kwargs = _split(kwargs, "_execute")
+        return Tracer(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
+
+    def _run(self, method: str, inputs: tuple, kwargs: dict, trace: bool, scan: bool, validate: bool,
+             invoker_args: dict | None) -> Any:
+        """A Tracer for `method`, or with `trace=False` the method's output at once."""
+        invoke_kwargs, call_kwargs = _split(kwargs, method)
+        self.dispatch()
+        if trace:
+            return Tracer(self, inputs, invoke_kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
+                          method=method, call_kwargs=call_kwargs)
+        _, batch, _, _ = self._batch([self._prepare_inputs(*inputs, **{**(invoker_args or {}), **invoke_kwargs})])
+        return getattr(self, method)(**batch, **call_kwargs)
+
+    # -- what NNsight leaves to subclasses ----------------------------------------------------------------
+    def _prepare_inputs(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
+        """One invoke's input as left-padded input_ids and attention_mask [batch, tokens]."""
+        given = {key: kwargs.pop(key) for key in tokens.INPUT_KEYS if key in kwargs}
+        if given:
+            inputs = (*inputs, given)
+        if len(inputs) != 1:
+            raise TypeError(f"A LanguageModel invoke takes one input (a prompt, a list of prompts, token ids "
+                            f"or a tokenizer output), got {len(inputs)}.")
+        with suspended(), unset_fake_temporarily():  # real tensors: not graph nodes, nor fake (lazy scans)
+            batch = tokens.encode(inputs[0], self.tokenizer, self._pad_id, **kwargs)
+        return (), batch, batch["input_ids"].shape[0]
+
+    def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
+        """Left-pad every invoke to the longest one and stack them into one batch."""
+        width = max(kwargs["input_ids"].shape[1] for _, kwargs, _ in prepared)
+        padded = [tokens.left_pad(kwargs, width, self._pad_id) for _, kwargs, _ in prepared]
+        batch = {key: torch.cat([p[key] for p in padded]) for key in tokens.INPUT_KEYS}  # [total, width]
+        slices, start = [], 0
+        for _, _, size in prepared:
+            slices.append((start, size))
+            start += size
+        return (), batch, slices, start
+
+    def _execute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        """One forward pass; position ids count real tokens, so a padded prompt sees what it sees alone."""
+        inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask)
+        if self._takes_positions:
+            kwargs.setdefault("position_ids", tokens.positions(inputs["attention_mask"]))
+        return self._model(**inputs, **kwargs)
+
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        """`model.generate(...)`; its output goes through `generator` so that `.generator.output` sees it."""
+        kwargs.setdefault("pad_token_id", self._pad_id)
+        output = self._model.generate(**self._on_device(input_ids=input_ids, attention_mask=attention_mask),
+                                      **kwargs)
+        return self._model.generator(output)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    @property
+    def _pad_id(self) -> int:
+        """The token id that fills padding: the tokenizer's pad token, else the config's pad or eos."""
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        config = self._model.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        if isinstance(pad, (list, tuple)):
+            pad = pad[0] if pad else None
+        return 0 if pad is None else pad
+
+    def _on_device(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs moved to the model's (first) device, meta included (scans of a model not loaded yet)."""
+        device = self._model.device
+        return {name: t.to(device) for name, t in tensors.items()}
+
+
+def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
+    """Keywords of the inputs (tokenizer, input_ids, attention_mask) and keywords of the model call."""
+    for_inputs = set(tokens.TOKENIZER_KEYS) | set(tokens.INPUT_KEYS)
+    if method == "_generate":
+        for_inputs.discard("max_length")  # a generation length when given to generate
+    invoke = {k: v for k, v in kwargs.items() if k in for_inputs}
+    call = {k: v for k, v in kwargs.items() if k not in for_inputs}
+    return invoke, call
+
+
+def _pick(kwargs: dict, keys: tuple[str, ...]) -> dict:
+    return {k: kwargs[k] for k in keys if k in kwargs}
+
+
+def _meta_model(automodel: Any, source: str, kwargs: dict) -> PreTrainedModel:
+    """The model built from its config on the meta device: every module, no weight memory."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, **_pick(kwargs, _SOURCE_KEYS))
+    build = _pick(kwargs, ("attn_implementation", "trust_remote_code"))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if dtype is not None and dtype != "auto":
+        build["dtype"] = dtype
+    with torch.device("meta"):
+        return automodel.from_config(config, **build)
+
+
+def _load_tokenizer(source: str, kwargs: dict) -> Any:
+    """The checkpoint's tokenizer, padding on the left."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, **{"padding_side": "left", **kwargs})
+
+
+def _auto_causal_lm() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def _repoint(envoy: Envoy, modules: dict[str, torch.nn.Module]) -> None:
+    """Point an envoy subtree at the modules of the same paths (after the weights are loaded)."""
+    envoy._module = modules[envoy._path]
+    for child in envoy._children.values():
+        _repoint(child, modules)

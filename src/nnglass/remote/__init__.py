@@ -1,0 +1,1 @@
+"""Remote execution: the JSON wire format, the client backend, request and status schemas."""
