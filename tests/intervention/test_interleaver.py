@@ -205,3 +205,31 @@ def test_two_threads_get_their_own_results(three):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_assigning_input_and_inputs(three):
+    model = NNsight(three)
+    x, other = torch.rand(1, 5), torch.rand(1, 10)
+    with model.trace(x):
+        model[2].input = other
+        seen = model[2].input.save()
+        out = model.output.save()
+    assert torch.equal(seen.value, other) and torch.equal(out.value, three[2](other))
+    with model.trace(x):
+        model[0].inputs = ((x * 2,), {})
+        args = model[0].inputs.save()
+        out = model.output.save()
+    assert torch.equal(args.value[0][0], x * 2) and torch.equal(out.value, three(x * 2))
+
+
+def test_swapped_output_in_one_invoke_keeps_the_other_rows(three):
+    model = NNsight(three)
+    a, b = torch.rand(2, 5), torch.rand(1, 5)
+    with model.trace() as tracer:
+        with tracer.invoke(a):
+            model[0].output = torch.zeros(2, 10)
+            out_a = model.output.save()
+        with tracer.invoke(b):
+            out_b = model.output.save()
+    assert torch.allclose(out_a.value, three[2](torch.zeros(2, 10)))
+    assert torch.allclose(out_b.value, three(b))
