@@ -165,6 +165,10 @@ def test_tokenizer_keywords_reach_the_tokenizer(tiny_dirs, tokenizer):
     for logits, length in ((first, 3), (second, 4)):
         encoded = tokenizer(PROMPT, max_length=length, truncation=True, return_tensors="pt")
         assert torch.equal(logits, hf(**encoded).logits)
+    with model.trace(PROMPT, padding="max_length", max_length=12) as tracer:
+        padded = model.lm_head.output.save()
+    assert tracer.invoker.inputs[1]["attention_mask"].tolist() == [[0] * 3 + [1] * 9]
+    torch.testing.assert_close(padded.value[:, 3:], logits_of(hf, tokenizer, PROMPT), atol=1e-4, rtol=0)
 
 
 # -- input forms -------------------------------------------------------------------------------------------
@@ -194,8 +198,10 @@ def test_bad_input_types_give_a_clear_error(tiny_dirs, bad):
             pass
 
 
-def test_text_without_a_tokenizer_and_tokenizer_keywords_on_ids_are_errors(tiny_dirs):
-    model = LanguageModel(AutoModelForCausalLM.from_pretrained(tiny_dirs["gpt2"]))
+def test_text_without_a_tokenizer_and_tokenizer_keywords_on_ids_are_errors(tokenizer):
+    torch.manual_seed(0)
+    model = LanguageModel(AutoModelForCausalLM.from_config(_configs(tokenizer)["gpt2"]))
+    assert model.tokenizer is None
     with pytest.raises(ValueError, match="tokenizer"):
         model.trace("hello", trace=False)
     with pytest.raises(TypeError, match="only to text"):
@@ -256,6 +262,15 @@ def test_wrapping_a_built_model_and_pad_token_default(tiny_dirs, tokenizer):
     tok.pad_token = None
     model = LanguageModel(hf, tokenizer=tok)
     assert model.dispatched and model.tokenizer is tok and tok.pad_token == tok.eos_token
+    with model.trace(PROMPT):
+        logits = model.lm_head.output.save()
+    assert torch.equal(logits, logits_of(hf, tokenizer, PROMPT))
+
+
+def test_a_built_model_loaded_from_a_directory_finds_its_tokenizer(tiny_dirs, tokenizer):
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["qwen2"]).eval()
+    model = LanguageModel(hf)
+    assert model.tokenizer.get_vocab() == tokenizer.get_vocab()
     with model.trace(PROMPT):
         logits = model.lm_head.output.save()
     assert torch.equal(logits, logits_of(hf, tokenizer, PROMPT))
@@ -351,3 +366,29 @@ def test_smollm2_an_edit_changes_what_is_generated(smol, smol_hf):
         handle.remove()
     assert torch.equal(output.value, expected)
     assert smol.tokenizer.decode(output.value[0, -3]) == " London"
+
+
+def test_smollm2_edit_applies_to_every_later_trace_of_the_edited_model(smol, smol_hf):
+    tok = smol.tokenizer
+    with smol.trace("The Eiffel Tower is located in the city of"):
+        hidden = smol.model.layers[-1].output[:, -1, :].save()
+    with smol.edit() as edited:
+        smol.model.layers[-1].output[:, -1, :] = hidden
+    other = "Madison Square Garden is located in the city of"
+    with smol.trace(other):
+        original = smol.lm_head.output.save()
+    with edited.trace(other):
+        patched = smol.lm_head.output.save()
+
+    def patch(module, args, out):
+        out[:, -1, :] = hidden.value
+        return out
+
+    handle = smol_hf.model.layers[-1].register_forward_hook(patch)
+    try:
+        expected = logits_of(smol_hf, tok, other)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(patched.value, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(original.value, logits_of(smol_hf, tok, other), atol=1e-4, rtol=0)
+    assert tok.decode(patched.value[0, -1].argmax()) == " Paris"

@@ -26,6 +26,7 @@ class Envoy:
             name: Envoy(child, f"{path}.{name}" if path else name)
             for name, child in module.named_children()
         }
+        self._ordered = list(self._children.values())  # for indexing, e.g. layers[-1]
 
     # -- the module tree --------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -37,9 +38,8 @@ class Envoy:
         return getattr(state["_module"], name)
 
     def __getitem__(self, key: int | str) -> Envoy:
-        children = list(self._children.values())
         if isinstance(key, int):
-            return children[key]
+            return self._ordered[key]
         return self._children[key]
 
     def __len__(self) -> int:

@@ -75,8 +75,11 @@ class Interleaver(Executor):
     def index(self) -> None:
         """Group event nodes by (module, kind) and edits by the event they change."""
         for node in self.graph.nodes:
-            if node.op in EVENTS:
-                self.events.setdefault((node.target, node.op), []).append(node)
+            op = node.op
+            if op == "call_function" and node.target not in _INPLACE_OPS:
+                continue  # the common case: not an event, not an edit
+            if op in EVENTS:
+                self.events.setdefault((node.target, op), []).append(node)
             elif _is_edit(node):
                 anchor = _anchor(node.args[0])
                 if anchor is not None:

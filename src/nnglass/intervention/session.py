@@ -23,14 +23,18 @@ class Session:
     def __enter__(self) -> Session:
         contexts.stack().append(self)
         contexts.open_patches()
+        contexts.pause_gc()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         contexts.stack().pop()
         contexts.close_patches()
         self.graph.close()
-        if exc_type is None:
-            self.execute()
+        try:
+            if exc_type is None:
+                self.execute()
+        finally:
+            contexts.resume_gc()
 
     def execute(self) -> None:
         """Run every node in order (here or on the server); keep only saved values."""

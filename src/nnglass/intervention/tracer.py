@@ -93,6 +93,7 @@ class Tracer:
     def __enter__(self) -> Tracer:
         contexts.stack().append(self)
         contexts.open_patches()
+        contexts.pause_gc()
         root = self.graph.root
         self.outer_open, root.open = root.open, self.graph
         if self.invoker is not None:
@@ -106,13 +107,30 @@ class Tracer:
         contexts.close_patches()
         root = self.graph.root
         root.open = self.outer_open
-        if root is not self.graph:
+        try:
+            if root is not self.graph:
+                if exc_type is None and self.run:
+                    root.open.add("trace", self, tuple(inv.raw for inv in self.invokers))
+                return
+            self.graph.close()
             if exc_type is None and self.run:
-                root.open.add("trace", self, tuple(inv.raw for inv in self.invokers))
-            return
-        self.graph.close()
-        if exc_type is None and self.run:
-            self.execute()
+                self.execute()
+                self.release()
+        finally:
+            contexts.resume_gc()
+
+    def release(self) -> None:
+        """Break the graph's reference cycles so that it is freed without the garbage collector.
+
+        Saved proxies keep their values; the nodes keep op, target, args and value for inspection.
+        """
+        for node in self.graph.nodes:
+            node.users = node.deps = []
+            node.graph = None
+        self.graph.owner = self.graph.on_add = None
+        self.scan = None
+        self.events.clear()
+        self.grads.clear()
 
     def execute(self, raw: tuple | None = None) -> Any:
         """Run the model once over all invokes (given their inputs, inside a session)."""

@@ -25,6 +25,7 @@ class WrapperModule(torch.nn.Module):
     """An identity module: a hook point for values no module of the model produces (generated ids)."""
 
     def forward(self, value: Any) -> Any:
+        """Return value unchanged."""
         return value
 
 
@@ -46,9 +47,12 @@ class LanguageModel(NNsight):
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
         module.generator = WrapperModule()
         super().__init__(module)
+        self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
         self._dispatched = loaded
-        self.tokenizer = tokenizer if tokenizer is not None or loaded else _load_tokenizer(
-            self._source, {**_pick(kwargs, _SOURCE_KEYS), **(tokenizer_kwargs or {})})
+        source = self._source or _local_checkpoint(module)
+        if tokenizer is None and source is not None:
+            tokenizer = _load_tokenizer(source, {**_pick(kwargs, _SOURCE_KEYS), **(tokenizer_kwargs or {})})
+        self.tokenizer = tokenizer
         if self.tokenizer is not None and self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._takes_positions = "position_ids" in inspect.signature(module.forward).parameters
@@ -75,34 +79,43 @@ class LanguageModel(NNsight):
 
     # -- running ------------------------------------------------------------------------------------
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-              invoker_args: dict | None = None, **kwargs: Any) -> Any:
+              invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(prompt):` one forward pass; keywords other than tokenizer ones go to the model."""
-        return self._run("_execute", inputs, kwargs, trace, scan, validate, invoker_args)
+        return self._run("_execute", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+                         invoker_args=invoker_args, remote=remote)
 
     def generate(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-                 invoker_args: dict | None = None, **kwargs: Any) -> Any:
+                 invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.generate(prompt, max_new_tokens=n):` generation; module calls are the steps (`.next()`).
 
         Keywords other than tokenizer ones (`max_new_tokens`, `do_sample`, `max_length`, ...) go to the
         model's `generate`; give tokenizer keywords such as `max_length` through `invoker_args`.
         """
-        return self._run("_generate", inputs, kwargs, trace, scan, validate, invoker_args)
+        return self._run("_generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+                         invoker_args=invoker_args, remote=remote)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
         """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
         invoke_kwargs, call_kwargs = _split(kwargs, "_execute")
         return Tracer(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
 
-    def _run(self, method: str, inputs: tuple, kwargs: dict, trace: bool, scan: bool, validate: bool,
-             invoker_args: dict | None) -> Any:
-        """A Tracer for `method`, or with `trace=False` the method's output at once."""
-        invoke_kwargs, call_kwargs = _split(kwargs, method)
+    def edit(self, inplace: bool = False) -> Any:
+        """`with model.edit() as edited:` as for NNsight; loads the weights first, so copies share them."""
         self.dispatch()
+        return super().edit(inplace)
+
+    def _run(self, method: str, inputs: tuple, kwargs: dict, *, trace: bool, remote: bool, **options: Any) -> Any:
+        """A Tracer that runs `method`; with `trace=False` the output at once (generated ids for generate)."""
+        invoke_kwargs, call_kwargs = _split(kwargs, method)
+        if not remote:
+            self.dispatch()
+        tracer = Tracer(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs, remote=remote,
+                        **options)
         if trace:
-            return Tracer(self, inputs, invoke_kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
-                          method=method, call_kwargs=call_kwargs)
-        _, batch, _, _ = self._batch([self._prepare_inputs(*inputs, **{**(invoker_args or {}), **invoke_kwargs})])
-        return getattr(self, method)(**batch, **call_kwargs)
+            return tracer
+        with tracer:
+            output = (self.generator if method == "_generate" else self).output.save()
+        return output.value
 
     # -- what NNsight leaves to subclasses ----------------------------------------------------------------
     def _prepare_inputs(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
@@ -171,6 +184,7 @@ def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
 
 
 def _pick(kwargs: dict, keys: tuple[str, ...]) -> dict:
+    """The entries of kwargs named in keys."""
     return {k: kwargs[k] for k in keys if k in kwargs}
 
 
@@ -195,9 +209,16 @@ def _load_tokenizer(source: str, kwargs: dict) -> Any:
 
 
 def _auto_causal_lm() -> Any:
+    """transformers' AutoModelForCausalLM (imported on first use)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM
+
+
+def _local_checkpoint(module: torch.nn.Module) -> str | None:
+    """The local directory a built model was loaded from, if any (where its tokenizer may be)."""
+    path = getattr(module, "name_or_path", "")
+    return path if path and os.path.isdir(path) else None
 
 
 def _repoint(envoy: Envoy, modules: dict[str, torch.nn.Module]) -> None:

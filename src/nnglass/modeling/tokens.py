@@ -22,8 +22,8 @@ def encode(value: Any, tokenizer: Any, pad_id: int, **tokenizer_kwargs: Any) -> 
         if tokenizer is None:
             raise ValueError("Text inputs need a tokenizer: pass `LanguageModel(model, tokenizer=...)`, "
                              "or give token ids.")
-        value = tokenizer([value] if isinstance(value, str) else list(value), padding=True,
-                          return_tensors="pt", **tokenizer_kwargs)
+        value = tokenizer([value] if isinstance(value, str) else list(value),
+                          **{"padding": True, **tokenizer_kwargs, "return_tensors": "pt"})
     elif tokenizer_kwargs:
         raise TypeError(f"Tokenizer keywords {sorted(tokenizer_kwargs)} apply only to text inputs, "
                         f"not to {type(value).__name__}.")
@@ -50,7 +50,8 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _is_list_of(value: Any, kind: type) -> bool:
+def _is_list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """Whether value is a non-empty list or tuple whose items are all of kind."""
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, kind) for v in value)
 
 
@@ -88,6 +89,7 @@ def _justify(ids: list[torch.Tensor], masks: list[torch.Tensor] | None, pad_id: 
 
 
 def _describe(value: Any) -> str:
+    """What a rejected input is, for the error message: `a list of float`."""
     if isinstance(value, (list, tuple)):
         inner = sorted({type(v).__name__ for v in value})
         return f"a {type(value).__name__} of {', '.join(inner)}" if inner else f"an empty {type(value).__name__}"

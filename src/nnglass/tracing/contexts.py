@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 from typing import Any, Callable
 
@@ -119,7 +120,6 @@ _EINOPS = ("rearrange", "reduce", "repeat", "einsum", "pack", "unpack")
 _OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam")
 _lock = threading.Lock()
 _open = 0
-_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
 
 
 def _building_graph() -> Any:
@@ -166,23 +166,58 @@ def _parameter_new(original: Callable[..., Any]) -> Callable[..., Any]:
     return staticmethod(new)
 
 
-def _targets() -> list[tuple[Any, str, Callable[..., Any]]]:
-    return ([(torch, name, _factory) for name in _FACTORIES]
-            + [(einops, name, _on_proxies) for name in _EINOPS]
-            + [(torch.optim, name, _on_proxies) for name in _OPTIMIZERS]
-            + [(_PARAMETER, "__new__", _parameter_new)])
+@functools.cache
+def _patches() -> list[tuple[Any, str, Any, Any]]:
+    """(owner, name, original, traced) for everything patched while tracing; built once."""
+    targets = ([(torch, name, _factory) for name in _FACTORIES]
+               + [(einops, name, _on_proxies) for name in _EINOPS]
+               + [(torch.optim, name, _on_proxies) for name in _OPTIMIZERS]
+               + [(_PARAMETER, "__new__", _parameter_new)])
+    patches = []
+    for owner, name, wrap in targets:
+        original = vars(owner)[name]  # raw, so a staticmethod is restored as one
+        patches.append((owner, name, original, wrap(original)))
+    return patches
 
 
 def open_patches() -> None:
-    """Patch factories and einops while at least one trace is open (in any thread)."""
+    """Patch factories, einops, optimizers and Parameter while any trace is open (in any thread)."""
     global _open
     with _lock:
         _open += 1
         if _open == 1:
-            for owner, name, wrap in _targets():
-                original = vars(owner)[name]  # raw, so a staticmethod is restored as one
-                _originals[(owner, name)] = original
-                setattr(owner, name, wrap(original))
+            for owner, name, _, traced in _patches():
+                setattr(owner, name, traced)
+
+
+_paused = 0
+
+
+def pause_gc() -> None:
+    """No garbage collection while any trace is open or running (in any thread).
+
+    A trace makes thousands of short-lived objects; a collection in the middle would push them
+    into older generations and trigger full collections later. The trace frees them by reference
+    counting at its end, so the collector has nothing to do.
+    """
+    global _paused
+    with _lock:
+        _paused += 1
+        if _paused == 1:
+            _paused_state[0] = gc.isenabled()
+            gc.disable()
+
+
+def resume_gc() -> None:
+    """Undo pause_gc once the last trace is done."""
+    global _paused
+    with _lock:
+        _paused -= 1
+        if _paused == 0 and _paused_state[0]:
+            gc.enable()
+
+
+_paused_state = [False]
 
 
 def close_patches() -> None:
@@ -191,6 +226,5 @@ def close_patches() -> None:
     with _lock:
         _open -= 1
         if _open == 0:
-            for (owner, name), original in _originals.items():
+            for owner, name, original, _ in _patches():
                 setattr(owner, name, original)
-            _originals.clear()

@@ -39,13 +39,14 @@ class Executor:
 
     def start(self) -> None:
         """Reset run state and queue the nodes that wait for nothing."""
-        nodes = self.graph.nodes
+        graph = self.graph
+        nodes = graph.nodes
         for node in nodes:
             node.state = PENDING
-        ready = self.ready
+        ready, alone = self.ready, graph.parent is None
         for node in nodes:
-            # values from enclosing graphs (sessions, loops) are there already
-            node.remaining = sum(1 for dep in node.deps if dep.state != DONE)
+            # inside a session or loop, values from enclosing graphs are there already
+            node.remaining = len(node.deps) if alone else sum(1 for dep in node.deps if dep.state != DONE)
             node.uses_left = len(node.users)
             if node.remaining == 0 and not self.external(node):
                 ready.append(node.index)
@@ -103,11 +104,12 @@ class Executor:
         node.value = value
         node.state = DONE
         graph = node.graph
-        for user in node.users:
-            if user.graph is graph and not graph.sequential:
-                user.remaining -= 1
-                if user.remaining == 0:
-                    heapq.heappush(self.ready, user.index)
+        if not graph.sequential:  # sequential graphs run in order and need no ready queue
+            for user in node.users:
+                if user.graph is graph:
+                    user.remaining -= 1
+                    if user.remaining == 0:
+                        heapq.heappush(self.ready, user.index)
         for dep in node.deps:
             dep.uses_left -= 1
             if dep.uses_left == 0 and not dep.saved:
@@ -131,8 +133,11 @@ class Executor:
     def finish(self) -> None:
         """Drop every value that was not saved and that no later graph waits for."""
         graph = self.graph
+        alone = graph.parent is None and not graph.children
         for node in graph.nodes:
-            if not node.saved and not any(u.graph is not graph and u.state == PENDING for u in node.users):
+            if node.saved:
+                continue
+            if alone or not any(u.graph is not graph and u.state == PENDING for u in node.users):
                 node.value = EMPTY
 
     # -- generic ops ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from .node import Node, map_nested, user_line
 from .proxy import Proxy
 
 _CONTAINERS = (tuple, list, dict, slice)
+_NO_KWARGS: dict = {}  # shared by every node without keyword arguments; never mutated
 
 
 class Graph:
@@ -56,7 +57,7 @@ class Graph:
             kwargs = map_nested(kwargs, lambda v: _node_of(v, deps))
             nested = nested or len(deps) > before or _holds_node(kwargs)
         else:
-            kwargs = {}
+            kwargs = _NO_KWARGS
         guard = graph.guard
         if guarded and guard is not None and guard not in deps:
             deps.append(guard)

@@ -33,7 +33,7 @@ _is_library: dict[str, bool] = {}  # filename -> whether frames there are skippe
 
 def user_line() -> tuple[str, int]:
     """File and line of the first caller outside nnglass, torch and einops."""
-    frame = sys._getframe(2)  # 0: here, 1: Graph.add, 2: the nnglass code that called it
+    frame = sys._getframe(3)  # 0: here, 1: Graph.add, 2: the nnglass code that called it, 3: its caller
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
         skip = _is_library.get(filename)
@@ -93,9 +93,9 @@ class Node:
         self.saved = False
         self.nested = nested      # args hold containers that must be walked to resolve
         self.value: Any = EMPTY
-        self.remaining = 0        # deps not yet done, during a run
-        self.uses_left = 0        # users not yet done, during a run; frees the value at 0
         self.state = 0            # PENDING, DONE or SKIPPED, during a run
+        # set when a run starts: remaining (deps not yet done), uses_left (users not yet done;
+        # the value is freed at 0)
 
     @property
     def name(self) -> str:
