@@ -48,6 +48,9 @@ class Scan(Interleaver):
     def value(self, node: Node) -> Any:
         """The fake value of node (computing the nodes it depends on first)."""
         order = self._missing(node)
+        for item in order:  # module records first: preparing inputs must not see fake tensors
+            if item.op in EVENTS:
+                self.prepare(item.invoke)
         with suspended(), self.mode:
             for item in order:
                 self.values[item] = self._evaluate(item)

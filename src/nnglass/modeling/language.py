@@ -6,7 +6,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from ..intervention.envoy import Envoy
 from ..intervention.tracer import Tracer
@@ -126,7 +125,7 @@ class LanguageModel(NNsight):
         if len(inputs) != 1:
             raise TypeError(f"A LanguageModel invoke takes one input (a prompt, a list of prompts, token ids "
                             f"or a tokenizer output), got {len(inputs)}.")
-        with suspended(), unset_fake_temporarily():  # real tensors: not graph nodes, nor fake (lazy scans)
+        with suspended():  # tokenizing makes real tensors, not graph nodes
             batch = tokens.encode(inputs[0], self.tokenizer, self._pad_id, **kwargs)
         return (), batch, batch["input_ids"].shape[0]
 
