@@ -37,15 +37,15 @@ class LanguageModel(NNsight):
     """
 
     def __init__(self, model: str | os.PathLike | PreTrainedModel, *, tokenizer: Any = None,
-                 automodel: Any = None, dispatch: bool = False,
-                 tokenizer_kwargs: dict | None = None, **kwargs: Any) -> None:
+                 automodel: Any = None, dispatch: bool = False, tokenizer_kwargs: dict | None = None,
+                 rename: dict[str, str | list[str]] | None = None, **kwargs: Any) -> None:
         loaded = isinstance(model, torch.nn.Module)
         self._source = None if loaded else str(model)
         self._automodel = automodel or _auto_causal_lm()
         self._load_kwargs = kwargs
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
         module.generator = WrapperModule()
-        super().__init__(module)
+        super().__init__(module, rename)
         self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
         self._dispatched = loaded
         source = self._source or _local_checkpoint(module)
@@ -68,7 +68,8 @@ class LanguageModel(NNsight):
         """Load the real weights (once) and point every envoy at the loaded modules."""
         if self._dispatched:
             return
-        module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
+        with suspended():  # loading may happen inside a session: its torch calls are not graph nodes
+            module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
         module.generator = WrapperModule()
         self._model = module
         self._modules_by_path = dict(module.named_modules())
