@@ -6,6 +6,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           MistralConfig, Qwen2Config)
 
+import nnglass
 from nnglass import LanguageModel
 from nnglass.models import smollm2, smollm2_path
 
@@ -392,3 +393,14 @@ def test_smollm2_edit_applies_to_every_later_trace_of_the_edited_model(smol, smo
     torch.testing.assert_close(patched.value, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(original.value, logits_of(smol_hf, tok, other), atol=1e-4, rtol=0)
     assert tok.decode(patched.value[0, -1].argmax()) == " Paris"
+
+
+def test_all_addresses_every_generation_step(smol, smol_hf):
+    prompt = "The Eiffel Tower is in the city of"
+    with smol.generate(prompt, max_new_tokens=3):
+        steps = nnglass.list().save()
+        steps.append(smol.lm_head.all().output.argmax(dim=-1))
+        out = smol.generator.output.save()
+    assert [s[0, -1].item() for s in steps.value] == out[0, -3:].tolist()
+    ids = smol.tokenizer(prompt, return_tensors="pt")
+    assert torch.equal(out.value, smol_hf.generate(**ids, max_new_tokens=3, do_sample=False))
