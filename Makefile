@@ -1,8 +1,11 @@
 # Every target builds .venv first; torch is pinned so pip takes the CPU build on this machine.
 PY := .venv/bin/python
 TORCH := torch==2.13.0
+# The peer library for `make bench-peer`, in its own virtualenv with the same torch and transformers.
+PEER_PY := .venv-peer/bin/python
+NNSIGHT := nnsight
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-peer clean
 
 venv: .venv/.installed
 
@@ -23,5 +26,15 @@ test: venv
 bench: venv
 	$(PY) benchmarks/run.py
 
+.venv-peer/.installed: .venv/.installed Makefile
+	test -x $(PEER_PY) || python3 -m venv .venv-peer
+	$(PEER_PY) -m pip install -q --upgrade pip
+	$(PEER_PY) -m pip install -q $(TORCH)
+	$(PEER_PY) -m pip install -q $(NNSIGHT) $(TORCH) "transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')"
+	touch $@
+
+bench-peer: venv .venv-peer/.installed
+	$(PY) benchmarks/run.py --peer $(PEER_PY)
+
 clean:
-	rm -rf .venv build *.egg-info src/*.egg-info
+	rm -rf .venv .venv-peer build *.egg-info src/*.egg-info

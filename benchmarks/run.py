@@ -12,10 +12,12 @@ import torch
 import harness
 
 # Modules whose import registers scenarios (with @harness.scenario); add new ones here.
-SCENARIO_MODULES = ("scenarios_core",)
+SCENARIO_MODULES = ("scenarios_core", "scenarios_lm", "scenarios_remote")
 RESULTS = Path(__file__).with_name("RESULTS.md")
+PLOT = "overhead.png"  # written beside the markdown file
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)
+import scenarios_lm  # noqa: E402  (also the targets table, the plot and the peer library's runner)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +28,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=sorted(harness.SCENARIOS), metavar="NAME",
                         help="run only this scenario (repeatable): " + ", ".join(harness.SCENARIOS))
     parser.add_argument("--out", type=Path,
-                        help=f"markdown file to write (default: {RESULTS.name} on full runs, none with --quick/--only)")
+                        help=f"markdown file to write (default: {RESULTS.name} on full runs, none with --quick/--only); "
+                             f"{PLOT} is written beside it")
+    parser.add_argument("--peer", metavar="PYTHON",
+                        help="interpreter of a virtualenv with the peer library (nnsight, `make bench-peer`): the "
+                             "SmolLM2 scenarios run there too, in a subprocess, and gain its columns")
     return parser.parse_args(argv)
 
 
@@ -43,6 +49,8 @@ def header(info: dict[str, str], settings: harness.Settings, seconds: float, arg
         "variant (p25..p75: their spread); ratio = median / baseline median; GC µs/call = garbage-collector "
         "pauses inside the variant's timed calls (`gc.callbacks`), per call; calls = Python and C function calls "
         "in one call of the variant (`sys.setprofile`)",
+        "- SmolLM2 scenarios (LM1..LM6): fewer repetitions, as each table's notes say; with `--peer`, the peer "
+        "library's columns come from a subprocess running its own interpreter (`make bench-peer`)",
         f"- command: `python benchmarks/run.py{''.join(' ' + a for a in argv)}`, {seconds:.0f} s in all", "",
     ])
 
@@ -53,12 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
+    scenarios_lm.PEER = scenarios_lm.Peer(args.peer) if args.peer else None
+    try:
+        return _run(args, argv)
+    finally:
+        scenarios_lm.PEER = None
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """The body of main: scenarios, tables, targets, plot, markdown."""
     settings = harness.QUICK if args.quick else harness.FULL
     info = harness.machine()
     print(f"{info['cpu']}; {info['load']}\ntorch {info['torch']}, autograd off; "
           f"{settings.reps} repetitions after {settings.warmup} warm-up rounds\n")
     started = time.perf_counter()
-    sections = []
+    sections, everything = [], []
     for name in args.only or list(harness.SCENARIOS):
         began = time.perf_counter()
         tables = harness.SCENARIOS[name](settings)
@@ -66,9 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         for table in tables:
             print(table.text())
             sections.append(table.markdown())
+        everything += tables
+    targets = scenarios_lm.targets_table(everything)
+    print(targets.text())
     out = args.out or (None if args.quick or args.only else RESULTS)
     if out is not None:
-        out.write_text(header(info, settings, time.perf_counter() - started, argv) + "\n" + "\n".join(sections))
+        plot = out.parent / PLOT
+        summary = targets.markdown()
+        if scenarios_lm.plot_overhead(everything, plot):
+            summary += f"\n![overhead per SmolLM2 scenario]({plot.name})\n"
+            print(f"wrote {plot}")
+        out.write_text(header(info, settings, time.perf_counter() - started, argv) + "\n" + summary + "\n"
+                       + "\n".join(sections))
         print(f"wrote {out}")
     return 0
 

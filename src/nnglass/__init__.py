@@ -6,7 +6,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .intervention.envoy import Envoy  # noqa: E402
+from .config import CONFIG  # noqa: E402
+from .intervention.envoy import Envoy
 from .intervention.interleaver import CausalityError
 from .modeling.base import NNsight
 from .modeling.language import LanguageModel
@@ -15,7 +16,7 @@ from .tracing.executor import ExecutionError
 from .tracing.proxy import Proxy, TraceError
 
 __all__ = [
-    "NNsight", "LanguageModel", "Envoy", "Proxy", "apply", "log",
+    "NNsight", "LanguageModel", "Envoy", "CONFIG", "Proxy", "apply", "log",
     "TraceError", "CausalityError", "ExecutionError",
     "bool", "bytes", "int", "float", "str", "complex", "bytearray", "tuple", "list", "set", "dict",
 ]

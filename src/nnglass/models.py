@@ -33,7 +33,9 @@ def smollm2(**kwargs):
     """Return SmolLM2-135M-Instruct as an `nnglass.LanguageModel`; `kwargs` go to its constructor."""
     from nnglass import LanguageModel
 
-    return LanguageModel(str(smollm2_path()), **kwargs)
+    model = LanguageModel(str(smollm2_path()), **kwargs)
+    model._remote_name = "smollm2"  # the name `nnglass serve --model smollm2` hosts it under
+    return model
 
 
 def _cache_dir() -> Path:

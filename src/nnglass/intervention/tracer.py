@@ -128,6 +128,8 @@ class Tracer:
             node.users = node.deps = []
             node.graph = None
         self.graph.owner = self.graph.on_add = None
+        for invoker in self.invokers:
+            invoker.tracer = None
         self.scan = None
         self.events.clear()
         self.grads.clear()

@@ -24,6 +24,9 @@ def encode(value: Any, tokenizer: Any, pad_id: int, **tokenizer_kwargs: Any) -> 
                              "or give token ids.")
         value = tokenizer([value] if isinstance(value, str) else list(value),
                           **{"padding": True, **tokenizer_kwargs, "return_tensors": "pt"})
+        side = tokenizer_kwargs.get("padding_side", getattr(tokenizer, "padding_side", None))
+        if side == "left" and "attention_mask" in value:
+            return {key: value[key].long() for key in INPUT_KEYS}  # already what we need: the fast path
     elif tokenizer_kwargs:
         raise TypeError(f"Tokenizer keywords {sorted(tokenizer_kwargs)} apply only to text inputs, "
                         f"not to {type(value).__name__}.")

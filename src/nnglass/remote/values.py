@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 from typing import Any, Callable
 
 import safetensors.torch
@@ -13,7 +14,7 @@ from ..tracing.node import Node
 from .allowlist import WireError
 
 _TAGS = {"$node", "$float", "$tuple", "$dict", "$slice", "$ellipsis", "$dtype", "$device", "$set",
-         "$complex", "$bytes", "$dataloader", "$tensor"}
+         "$complex", "$bytes", "$dataloader", "$tensor", "$output"}
 _DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
@@ -57,6 +58,9 @@ class Encoder:
             return {"$complex": [value.real, value.imag]}
         if isinstance(value, (bytes, bytearray)):
             return {"$bytes": base64.b64encode(value).decode(), "mutable": isinstance(value, bytearray)}
+        if isinstance(value, dict) and type(value).__module__.startswith("transformers."):  # a ModelOutput
+            fields = {k: v for k, v in value.items() if not _is_cache(v)}  # a KV cache stays on the server
+            return {"$output": [type(value).__module__, type(value).__name__], "fields": self(fields)}
         if isinstance(value, DataLoader):
             return {"$dataloader": {"dataset": self(list(value.dataset)), "batch_size": value.batch_size}}
         raise WireError(f"a value of type '{type(value).__qualname__}' cannot be sent to the server.")
@@ -139,6 +143,15 @@ class Decoder:
     def _dataloader(self, spec: dict, data: dict) -> DataLoader:
         return DataLoader(self(spec["dataset"]), batch_size=spec["batch_size"])
 
+    def _output(self, where: list, data: dict) -> Any:
+        """A transformers ModelOutput, of a class from a transformers module already imported here."""
+        module = sys.modules.get(str(where[0])) if str(where[0]).startswith("transformers.") else None
+        cls = getattr(module, str(where[1]), None)
+        base = getattr(sys.modules.get("transformers.utils"), "ModelOutput", None)
+        if not (isinstance(cls, type) and base is not None and issubclass(cls, base)):
+            raise WireError(f"unknown model output class {where!r:.80}")
+        return cls(**self(data["fields"]))
+
     def _tensor(self, key: str, data: dict) -> torch.Tensor:
         if key not in self.tensors:
             raise WireError(f"missing tensor {key!r:.20}")
@@ -146,3 +159,8 @@ class Decoder:
         if data.get("param"):
             return torch.nn.Parameter(tensor, requires_grad=bool(data.get("grad")))
         return tensor.requires_grad_(bool(data.get("grad")))
+
+
+def _is_cache(value: Any) -> bool:
+    """Whether value is a transformers KV cache (not sent back: it is of no use away from the model)."""
+    return any(c.__module__ == "transformers.cache_utils" for c in type(value).__mro__)

@@ -1,0 +1,124 @@
+"""Schema: the pydantic models of requests, job statuses and server information on the wire."""
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+API_KEY_HEADER = "X-API-Key"  # the header that carries the API key, on every job endpoint
+
+
+class JobStatus(str, Enum):
+    """Where a job stands; a job ends COMPLETED or ERROR."""
+
+    RECEIVED = "RECEIVED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    LOG = "LOG"
+    COMPLETED = "COMPLETED"
+    ERROR = "ERROR"
+
+    @property
+    def final(self) -> bool:
+        """Whether no status follows this one."""
+        return self in (JobStatus.COMPLETED, JobStatus.ERROR)
+
+
+class StatusMessage(BaseModel):
+    """One status line of a job, as the server pushes it and the client logs it."""
+
+    job_id: str
+    status: JobStatus
+    description: str = ""
+    position: Optional[int] = None  # QUEUED: how many jobs run before this one
+    where: Optional[str] = None     # ERROR: the user's `file:line` that made the failing operation
+    error: Optional[str] = None     # ERROR: the exception's class name
+    timestamp: float = Field(default_factory=time.time)
+
+    def line(self) -> str:
+        """`<job id> - STATUS: description`, the form the client logs."""
+        return f"{self.job_id} - {self.status.value}: {self.description}"
+
+
+class SubmitResponse(BaseModel):
+    """The answer to a submitted request."""
+
+    job_id: str
+    model: str
+
+
+class ModelInfo(BaseModel):
+    """A hosted model, as `/status` lists it."""
+
+    name: str
+    architecture: str
+    parameters: int
+    queue: int  # jobs waiting or running
+
+
+class ServerStatus(BaseModel):
+    """What `/status` answers."""
+
+    nnglass: str
+    models: list[ModelInfo]
+
+
+# -- the request body: its shape is checked here, its meaning by serialize.Job ----------------------
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OwnerSpec(_Wire):
+    """What runs a graph: a trace of a hosted model, a session or a loop."""
+
+    kind: Literal["trace", "session", "loop"]
+    model: Optional[str] = None
+    method: Optional[str] = None
+    call_kwargs: Any = None
+    invokes: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _trace_fields(self) -> OwnerSpec:
+        if self.kind == "trace" and (self.model is None or self.method is None or self.invokes is None):
+            raise ValueError("a trace needs its model, method and number of invokes")
+        return self
+
+
+class NodeSpec(_Wire):
+    """One node of a graph on the wire."""
+
+    op: str
+    target: Any = None
+    args: Any
+    kwargs: Any
+    deps: list[tuple[int, int]]
+    invoke: Optional[int] = None
+    saved: bool = False
+    where: Optional[tuple[str, int]] = None
+
+
+class GraphSpec(_Wire):
+    """One graph (a trace, session or loop body) on the wire."""
+
+    parent: Optional[int]
+    sequential: bool
+    owner: OwnerSpec
+    nodes: list[NodeSpec]
+
+
+class RequestSpec(_Wire):
+    """A whole request: the graphs, the inputs of a lone trace, the tensors, the model it queues for."""
+
+    nnglass: str
+    wire: int
+    model: str
+    graphs: list[GraphSpec] = Field(min_length=1)
+    inputs: Any = None
+    tensors: str = ""
+
+    def traced_models(self) -> set[str]:
+        """The model names that the request's traces run on (its own queue's model included)."""
+        return {self.model} | {g.owner.model for g in self.graphs if g.owner.kind == "trace" and g.owner.model}

@@ -1,0 +1,133 @@
+"""Workers: one queue and one thread per hosted model, running jobs one at a time with a time limit."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import json
+import threading
+from typing import Iterator, Optional
+
+from ..remote.schema import JobStatus
+from ..tracing import contexts
+from .jobs import JobRecord
+
+
+class JobTimeout(BaseException):
+    """Raised in the thread of a job that ran past the limit (a BaseException: model code won't catch it)."""
+
+
+class ModelWorker:
+    """The queue of one model and the thread that runs its jobs in order."""
+
+    def __init__(self, name: str, locks: dict[str, threading.Lock], timeout: float) -> None:
+        self.name = name
+        self.locks = locks            # one per hosted model: a job holds those of every model it uses
+        self.timeout = timeout
+        self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
+        self.ready = threading.Condition()
+        self.running: Optional[JobRecord] = None
+        self.thread = threading.Thread(target=self._loop, name=f"nnglass-worker-{name}", daemon=True)
+        self.thread.start()
+
+    def __len__(self) -> int:
+        """Jobs waiting or running."""
+        return len(self.queue) + (self.running is not None)
+
+    def submit(self, record: JobRecord) -> None:
+        """Queue a job and tell its owner how many jobs run before it."""
+        with self.ready:
+            ahead = len(self)
+            record.post(JobStatus.QUEUED, f"Your job is in the queue of {self.name}; {ahead} job(s) before it.",
+                        position=ahead)
+            self.queue.append(record)
+            self.ready.notify()
+
+    def close(self) -> None:
+        """Let the thread finish the queued jobs and stop."""
+        with self.ready:
+            self.queue.append(None)
+            self.ready.notify()
+        self.thread.join()
+
+    # -- the thread ---------------------------------------------------------------------------------
+    def _next(self) -> Optional[JobRecord]:
+        with self.ready:
+            while not self.queue:
+                self.ready.wait()
+            return self.queue.popleft()
+
+    def _loop(self) -> None:
+        while (record := self._next()) is not None:
+            self.running = record
+            try:
+                with self._models_of(record):
+                    record.post(JobStatus.RUNNING, "Your job has started running.")
+                    _Run(record, self.timeout).start_and_wait()
+            finally:
+                self.running = None
+
+    @contextlib.contextmanager
+    def _models_of(self, record: JobRecord) -> Iterator[None]:
+        """Hold every model the job uses (always in name order, so two jobs cannot wait on each other)."""
+        with contextlib.ExitStack() as held:
+            for name in sorted(record.models):
+                held.enter_context(self.locks[name])
+            yield
+
+
+class _Run:
+    """One job on a thread of its own, stopped with JobTimeout if it runs past the time limit.
+
+    The exception is sent only while the job is still running (`finished` is read and written under
+    `lock`), and the thread makes one more Python call after it finishes, where the interpreter raises
+    an exception sent just before: so every JobTimeout sent is raised inside `_main`, never later.
+    """
+
+    def __init__(self, record: JobRecord, timeout: float) -> None:
+        self.record = record
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.finished = False
+        self.thread = threading.Thread(target=self._main, name=f"nnglass-job-{record.id}", daemon=True)
+
+    def start_and_wait(self) -> None:
+        """Run the job; interrupt it at the time limit, then wait for it to unwind (hooks removed)."""
+        self.thread.start()
+        self.thread.join(self.timeout)
+        if self.thread.is_alive():
+            with self.lock:
+                if not self.finished:
+                    _async_raise(self.thread.ident, JobTimeout)
+            self.thread.join()
+
+    def _main(self) -> None:
+        record = self.record
+        contexts.set_log_handler(lambda text: record.post(JobStatus.LOG, text))
+        try:
+            try:
+                request = record.request
+                request.run()
+                result = json.dumps(request.results(), separators=(",", ":")).encode()
+            finally:
+                with self.lock:
+                    self.finished = True
+                _checkpoint()
+            record.finish(result)
+        except JobTimeout:
+            record.post(JobStatus.ERROR, f"The job ran longer than this server's limit of {self.timeout:g} s "
+                                         "and was stopped.", error="TimeoutError")
+        except Exception as error:
+            node = getattr(error, "nnglass_node", None)
+            where = f"{node.where[0]}:{node.where[1]}" if node is not None and node.where else None
+            record.post(JobStatus.ERROR, str(error), error=type(error).__name__, where=where)
+
+
+def _checkpoint() -> None:
+    """A Python call: the interpreter raises an exception pending for this thread when it enters one."""
+
+
+def _async_raise(thread: int, exception: type[BaseException]) -> None:
+    """Raise `exception` in another thread when it next runs Python code (never call it to cancel one:
+    PyThreadState_SetAsyncExc(id, NULL) leaves a flag set that makes CPython 3.11 spin under a profiler)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exception))

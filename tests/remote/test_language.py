@@ -1,0 +1,63 @@
+"""SmolLM2 through the server: the walkthrough's remote trace, a session and generate, against local runs."""
+import pytest
+import torch
+
+from nnglass.models import smollm2
+from tests.server.serving import hosting
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory):
+    with hosting({"smollm2": smollm2()}, tmp_path_factory.mktemp("server")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def llama(hosted):
+    """The client's model: built from the config only; the weights load on the first local run."""
+    return smollm2()
+
+
+def test_walkthrough_remote_trace_matches_local_and_loads_no_weights(llama):
+    def run(remote):
+        with llama.trace(PROMPT, remote=remote):
+            hidden_states = llama.model.layers[-1].output.save()
+            output = llama.output.save()
+        return hidden_states.value, output.value
+
+    hidden, output = run(True)
+    assert not llama.dispatched  # the client never needed the weights
+    local_hidden, local_output = run(False)
+    assert torch.equal(hidden, local_hidden)
+    assert type(output) is type(local_output) and torch.equal(output["logits"], local_output["logits"])
+    assert llama.tokenizer.decode(output.logits[0, -1].argmax()) == " Paris"
+
+
+def test_session_moves_a_hidden_state_between_prompts(llama):
+    def run(remote):
+        with llama.session(remote=remote):
+            with llama.trace(PROMPT):
+                hs = llama.model.layers[20].output[:, -1, :]
+                t1 = llama.lm_head.output.argmax(dim=-1).save()
+            with llama.trace("Buckingham Palace is in the city of"):
+                llama.model.layers[1].output[:, -1, :] = hs[:]
+                t2 = llama.lm_head.output.argmax(dim=-1).save()
+        return t1.value, t2.value
+
+    local, remote = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(local, remote))
+    assert llama.tokenizer.decode(remote[0][0][-1]) == " Paris"
+
+
+def test_generate_three_tokens_matches_local(llama):
+    def run(remote):
+        with llama.generate("Hello", max_new_tokens=3, remote=remote):
+            logits = llama.lm_head.output.save()
+            out = llama.generator.output.save()
+        return logits.value, out.value
+
+    (local_logits, local_out), (logits, out) = run(False), run(True)
+    assert out.shape[1] == local_out.shape[1] and torch.equal(out, local_out)
+    assert torch.equal(logits, local_logits)
