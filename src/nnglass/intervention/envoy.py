@@ -27,6 +27,7 @@ class Envoy:
             for name, child in module.named_children()
         }
         self._ordered = list(self._children.values())  # for indexing, e.g. layers[-1]
+        self._aliases: dict[str, str] = {}  # alias -> dotted path below this envoy (see `_add_aliases`)
 
     # -- the module tree --------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -35,7 +36,39 @@ class Envoy:
             raise AttributeError(name)
         if name in state["_children"]:
             return state["_children"][name]
+        if name in state["_aliases"]:
+            return self.get(state["_aliases"][name])
         return getattr(state["_module"], name)
+
+    def get(self, path: str) -> Envoy:
+        """The envoy at a dotted path below this one (`"transformer.h.0"`); aliases work too."""
+        envoy = self
+        for name in path.split(".") if path else ():
+            if name in envoy._children:
+                envoy = envoy._children[name]
+            elif name in envoy._aliases:
+                envoy = envoy.get(envoy._aliases[name])
+            else:
+                raise AttributeError(f"Module '{envoy._path or '<root>'}' has no submodule '{name}' "
+                                     f"(looking up '{path}').")
+        return envoy
+
+    def _add_aliases(self, rename: dict[str, str | list[str]]) -> None:
+        """Add aliases (original -> alias name or names); aliased envoys keep their original `_path`."""
+        # A path key ("transformer.h", or ".lm_head" with a leading dot) is mounted on this envoy;
+        # a plain name ("attn": "self_attn") aliases every submodule of that name, at any depth.
+        for key, aliases in rename.items():
+            if "." in key:
+                key = key.lstrip(".")
+                self.get(key)  # fails now, naming the path, if there is no such module
+                owners = [self]
+            else:
+                owners = [envoy for envoy in self._envoys() if key in envoy._children]
+                if not owners:
+                    raise AttributeError(f"rename: no submodule is named '{key}'.")
+            for alias in [aliases] if isinstance(aliases, str) else aliases:
+                for owner in owners:
+                    owner._aliases[alias.lstrip(".")] = key
 
     def __getitem__(self, key: int | str) -> Envoy:
         if isinstance(key, int):

@@ -14,9 +14,9 @@ from ..tracing.node import map_nested
 
 
 class NNsight(Envoy):
-    """The root envoy of a model, with `trace` and `scan`."""
+    """The root envoy of a model, with `trace` and `scan`; `rename={original: alias}` adds module aliases."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, rename: dict[str, str | list[str]] | None = None) -> None:
         super().__init__(module, "")
         self._model = module
         self._modules_by_path = dict(module.named_modules())
@@ -24,6 +24,7 @@ class NNsight(Envoy):
         self._scans: dict[Any, dict] = {}
         self._edits: list[Any] = []  # graphs that every trace of this model applies first
         self._remote_name: str | None = None  # what a server hosts this model as
+        self._add_aliases(rename or {})  # e.g. {"transformer.h": "layers"}: model.layers is model.transformer.h
 
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:

@@ -1,0 +1,190 @@
+"""Analysis helpers on a StandardizedTransformer: logit lens, steering and activation patching.
+
+Each helper runs its own traces with graph operations only (torch ops on proxies and module calls), so the
+same code can run on a server with `remote=True`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .modeling import tokens as _tokens
+from .modeling.standard import StandardizedTransformer
+
+Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [batch, tokens, vocab] -> one score per row [batch]
+
+
+# -- logit lens -----------------------------------------------------------------------------------------------
+@dataclass
+class LogitLens:
+    """What each layer's output predicts at each position, decoded with `ln_final` and `lm_head`."""
+
+    top_ids: torch.Tensor               # [layers, positions, k] token ids, most probable first
+    top_probs: torch.Tensor             # [layers, positions, k] their probabilities
+    top_tokens: list[list[list[str]]]   # [layers][positions][k] the same tokens as text
+    input_tokens: list[str]             # [positions] the prompt's tokens as text
+
+    @property
+    def tokens(self) -> list[list[str]]:
+        """The top token of each layer (rows) at each position (columns)."""
+        return [[top[0] for top in row] for row in self.top_tokens]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """The top token's probability [layers, positions]."""
+        return self.top_probs[..., 0]
+
+    def plot(self, path: str | os.PathLike) -> str:
+        """Write a PNG heatmap (layer by position, colour = top probability, top token in each cell)."""
+        return _heatmap(self.probs, self.input_tokens, list(range(len(self.tokens))), path,
+                        title="Logit lens: top token per layer and position", label="probability of the top token",
+                        cells=self.tokens, cmap="Blues", vmin=0.0, vmax=1.0)
+
+
+@torch.no_grad()
+def logit_lens(model: StandardizedTransformer, prompt: str, top_k: int = 1) -> LogitLens:
+    """Decode every layer's output with `ln_final` and `lm_head`, in one trace: top tokens and probabilities."""
+    with model.trace(prompt):
+        hidden = torch.stack([model.layers_output[i][0] for i in range(model.num_layers)])  # [layers, tokens, hidden]
+        probs = model.lm_head(model.ln_final(hidden)).softmax(-1)  # [layers, tokens, vocab]
+        top = probs.topk(top_k, dim=-1)
+        top_probs, top_ids = top[0].save(), top[1].save()  # [layers, tokens, k] each
+    layers, positions, k = top_ids.shape
+    words = iter(model.tokenizer.batch_decode(top_ids.value.reshape(-1, 1)))  # in [layers, positions, k] order
+    nested = [[[next(words) for _ in range(k)] for _ in range(positions)] for _ in range(layers)]
+    return LogitLens(top_ids.value, top_probs.value, nested, _words(model, _ids(model, prompt)))
+
+
+# -- steering ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def steer(model: StandardizedTransformer, prompt: str | list[str], vector: torch.Tensor, layers: int | Sequence[int],
+          positions: Sequence[int] | None = None, scale: float = 1.0) -> torch.Tensor:
+    """Logits [batch, tokens, vocab] of a run that adds `scale * vector` [hidden] to the given layers' outputs."""
+    where = slice(None) if positions is None else list(positions)
+    delta = scale * vector  # [hidden]
+    with model.trace(prompt):
+        for layer in [layers] if isinstance(layers, int) else layers:
+            model.layers_output[layer][:, where] += delta  # output [batch, tokens, hidden]
+        logits = model.logits.save()
+    return logits.value
+
+
+# -- activation patching -----------------------------------------------------------------------------------------
+@dataclass
+class Patching:
+    """The effect of patching each layer's clean output into the corrupted run, one position at a time."""
+
+    effect: torch.Tensor       # [layers, positions]: 1 = as the clean run, 0 = as the corrupted run
+    layers: list[int]          # the layer of each row
+    positions: list[int]       # the position of each column
+    input_tokens: list[str]    # the clean prompt's token at each column
+
+    def plot(self, path: str | os.PathLike) -> str:
+        """Write a PNG heatmap of the effect (layer by position, the value written in each cell)."""
+        reach = max(1.0, float(self.effect.abs().max()))
+        cells = [[f"{value:.2f}".replace("-0.00", "0.00") for value in row] for row in self.effect.tolist()]
+        return _heatmap(self.effect, self.input_tokens, self.layers, path, title="Activation patching",
+                        label="effect (1 = clean, 0 = corrupted)", cells=cells, cmap="RdBu_r",
+                        vmin=-reach, vmax=reach)
+
+
+@torch.no_grad()
+def patch_activations(model: StandardizedTransformer, clean: str, corrupted: str,
+                      layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
+                      metric: Metric | None = None) -> Patching:
+    """Patch each (layer, position) of the clean run's layer outputs into the corrupted run; measure the effect.
+
+    The default metric is the logit of the clean run's answer (its top token at the last position); every
+    metric is normalised as (patched - corrupted) / (clean - corrupted). One trace per layer, positions batched.
+    """
+    clean_ids, corrupted_ids = _ids(model, clean), _ids(model, corrupted)
+    if len(clean_ids) != len(corrupted_ids):
+        raise ValueError(f"patch_activations needs prompts of the same token length: the clean one has "
+                         f"{len(clean_ids)} tokens, the corrupted one {len(corrupted_ids)}.")
+    layers = list(range(model.num_layers)) if layers is None else list(layers)
+    positions = list(range(len(clean_ids))) if positions is None else [p % len(clean_ids) for p in positions]
+    hidden, clean_logits, corrupted_logits = _baselines(model, clean, corrupted, layers)
+    if metric is None:
+        metric = _answer_logit(int(clean_logits[0, -1].argmax()))
+    low, high = metric(corrupted_logits), metric(clean_logits)  # [1] each
+    if torch.equal(low, high):
+        raise ValueError("The metric is the same on the clean and the corrupted run, so no effect can be measured.")
+    rows = torch.arange(len(positions))
+    columns = torch.tensor(positions)
+    effect = torch.stack([
+        (metric(_patched(model, corrupted, layer, rows, columns, hidden[i, columns])) - low) / (high - low)
+        for i, layer in enumerate(layers)])  # [layers, positions]
+    return Patching(effect, layers, positions, [_words(model, clean_ids)[p] for p in positions])
+
+
+def _baselines(model: StandardizedTransformer, clean: str, corrupted: str,
+               layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clean layer outputs [layers, tokens, hidden] and both runs' logits [1, tokens, vocab], in one trace."""
+    with model.trace() as tracer:
+        with tracer.invoke(clean):
+            hidden = torch.stack([model.layers_output[layer][0] for layer in layers]).save()
+            clean_logits = model.logits.save()
+        with tracer.invoke(corrupted):
+            corrupted_logits = model.logits.save()
+    return hidden.value, clean_logits.value, corrupted_logits.value
+
+
+def _patched(model: StandardizedTransformer, corrupted: str, layer: int, rows: torch.Tensor,
+             columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Logits [positions, tokens, vocab] of the corrupted prompt run once per position, row r patched at columns[r]."""
+    with model.trace([corrupted] * len(rows)):
+        model.layers_output[layer][rows, columns] = values  # values [positions, hidden]
+        logits = model.logits.save()
+    return logits.value
+
+
+def _answer_logit(token: int) -> Metric:
+    """The metric `logit of token at the last position`, per batch row."""
+    return lambda logits: logits[:, -1, token]
+
+
+# -- shared helpers -----------------------------------------------------------------------------------------------
+def _ids(model: StandardizedTransformer, prompt: str) -> list[int]:
+    """The token ids a trace of prompt runs on (one sequence)."""
+    return _tokens.encode(prompt, model.tokenizer, model._pad_id)["input_ids"][0].tolist()
+
+
+def _words(model: StandardizedTransformer, ids: list[int]) -> list[str]:
+    """Each token id as text."""
+    return model.tokenizer.batch_decode([[i] for i in ids])
+
+
+def _label(token: str, width: int = 10) -> str:
+    """A token as a short, printable label (newlines and tabs escaped, a blank token shown as ␣)."""
+    text = repr(token)[1:-1] if token.strip() else "␣" * min(len(token), 3)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _heatmap(values: torch.Tensor, columns: list[str], rows: list[int], path: str | os.PathLike, *, title: str,
+             label: str, cells: list[list[str]], **colors: Any) -> str:
+    """Write values [rows, columns] as a PNG heatmap (first row at the bottom) with a label in each cell."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = values.shape
+    figure = Figure(figsize=(2.5 + 0.9 * width, 1.5 + 0.3 * height))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(values.float().cpu().numpy(), aspect="auto", origin="lower", **colors)
+    axes.set_xticks(range(width), [_label(c) for c in columns], rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(height), [str(r) for r in rows], fontsize=7)
+    axes.set_xlabel("position (input token)")
+    axes.set_ylabel("layer")
+    axes.set_title(title)
+    for r in range(height):
+        for c in range(width):
+            red, green, blue, _ = image.cmap(image.norm(float(values[r, c])))
+            dark = 0.3 * red + 0.6 * green + 0.1 * blue < 0.5  # the cell's luminance
+            axes.text(c, r, _label(cells[r][c], 8), ha="center", va="center", fontsize=6,
+                      color="white" if dark else "black")
+    figure.colorbar(image, ax=axes, label=label)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return str(path)

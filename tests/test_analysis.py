@@ -1,0 +1,165 @@
+"""Analysis helpers: logit lens on SmolLM2; steering and activation patching checked against plain torch hooks."""
+import matplotlib.image
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from nnglass.analysis import logit_lens, patch_activations, steer
+from nnglass.modeling.standard import StandardizedTransformer
+from nnglass.models import smollm2_path
+from nnglass.remote import allowlist
+
+CLEAN = "The Eiffel Tower is in the city of"
+CORRUPTED = "The Colosseum is in the city of"  # as many tokens as CLEAN
+PARIS = 7042  # " Paris" in the SmolLM2 tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
+@pytest.fixture(scope="module")
+def hf(tok):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(hf, tok):
+    return StandardizedTransformer(hf, tokenizer=tok)
+
+
+@pytest.fixture
+def traces(tiny, monkeypatch):
+    """Every tracer the helpers open on the tiny model, to inspect their graphs afterwards."""
+    opened = []
+    trace = tiny.trace
+
+    def recording(*args, **kwargs):
+        opened.append(trace(*args, **kwargs))
+        return opened[-1]
+    monkeypatch.setattr(tiny, "trace", recording)
+    return opened
+
+
+def graph_functions_are_wire_safe(tracers) -> None:
+    """Every function the helpers put in a graph can run on a server (the remote allow-list)."""
+    assert tracers
+    for tracer in tracers:
+        for node in tracer.graph.nodes:
+            if node.op == "call_function":
+                allowlist.name_of(node.target)
+
+
+def run_hooked(hf, tok, prompt: str, layer: int, edit) -> torch.Tensor:
+    """Logits of a plain run whose layer output [batch, tokens, hidden] is replaced by edit(output)."""
+    handle = hf.model.layers[layer].register_forward_hook(lambda m, a, out: edit(out))
+    try:
+        with torch.no_grad():
+            return hf(**tok(prompt, return_tensors="pt")).logits
+    finally:
+        handle.remove()
+
+
+# -- logit lens ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol():
+    return StandardizedTransformer(str(smollm2_path()))
+
+
+def test_logit_lens_on_smollm2_ends_in_paris(smol, tmp_path):
+    lens = logit_lens(smol, CLEAN, top_k=3)
+    positions = len(lens.input_tokens)
+    assert lens.input_tokens[-1] == " of" and positions == 9
+    assert len(lens.tokens) == smol.num_layers == 30 and all(len(row) == positions for row in lens.tokens)
+    assert lens.probs.shape == (30, positions) and lens.top_probs.shape == (30, positions, 3)
+    assert lens.tokens[-1][-1] == " Paris" and lens.top_ids[-1, -1, 0] == PARIS
+    assert (lens.top_probs[..., :-1] >= lens.top_probs[..., 1:]).all() and (lens.probs <= 1).all()
+    path = lens.plot(tmp_path / "lens.png")
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 600 and pixels.shape[1] > 600  # room for 30 x 9 labelled cells
+    assert pixels[..., :3].std() > 0.1
+
+
+def test_logit_lens_equals_decoding_by_hand(smol, tok):
+    lens = logit_lens(smol, CLEAN)
+    hf = smol._model
+    kept = {}
+    handle = hf.model.layers[10].register_forward_hook(lambda m, a, out: kept.__setitem__("h", out))
+    try:
+        with torch.no_grad():
+            final = hf(**tok(CLEAN, return_tensors="pt")).logits[0].softmax(-1)  # [tokens, vocab]
+            middle = hf.lm_head(hf.model.norm(kept["h"]))[0].softmax(-1)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(lens.probs[-1], final.max(-1).values)  # the last layer decodes to the output
+    torch.testing.assert_close(lens.probs[10], middle.max(-1).values)
+    assert lens.top_ids[10, :, 0].tolist() == middle.argmax(-1).tolist()
+
+
+# -- steering -----------------------------------------------------------------------------------------------------
+def test_steer_equals_adding_the_vector_by_hand(tiny, hf, tok, traces):
+    torch.manual_seed(1)
+    vector = torch.randn(32)
+    logits = steer(tiny, CLEAN, vector, layers=[0, 2], positions=[1, 3], scale=2.5)
+
+    def add(out):
+        out = out.clone()
+        out[:, [1, 3]] += 2.5 * vector
+        return out
+    handle = hf.model.layers[0].register_forward_hook(lambda m, a, out: add(out))
+    try:
+        expected = run_hooked(hf, tok, CLEAN, 2, add)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(logits, expected)
+    everywhere = steer(tiny, CLEAN, vector, layers=1)
+    torch.testing.assert_close(everywhere, run_hooked(hf, tok, CLEAN, 1, lambda out: out + vector))
+    assert not torch.allclose(everywhere, run_hooked(hf, tok, CLEAN, 1, lambda out: out))
+    graph_functions_are_wire_safe(traces)
+
+
+# -- activation patching -------------------------------------------------------------------------------------------
+def test_patching_the_last_layer_moves_only_the_last_position(tiny, traces, tmp_path):
+    result = patch_activations(tiny, CLEAN, CORRUPTED)
+    assert result.effect.shape == (3, 9) and result.layers == [0, 1, 2] and result.positions == list(range(9))
+    torch.testing.assert_close(result.effect[-1, -1], torch.tensor(1.0))
+    torch.testing.assert_close(result.effect[-1, :-1], torch.zeros(8))  # earlier positions never reach it
+    assert len(traces) == 1 + 3  # the baselines, then one trace per layer
+    graph_functions_are_wire_safe(traces)
+    assert matplotlib.image.imread(result.plot(tmp_path / "patch.png"))[..., :3].std() > 0.05
+
+
+def probability_of_paris(logits: torch.Tensor) -> torch.Tensor:
+    """A custom metric: logits [batch, tokens, vocab] -> probability of " Paris" next [batch]."""
+    return logits[:, -1].softmax(-1)[:, PARIS]
+
+
+@pytest.mark.parametrize("metric", [None, probability_of_paris])
+def test_one_patched_cell_equals_a_patch_by_hand(tiny, hf, tok, metric):
+    layer, position = 1, 4
+    result = patch_activations(tiny, CLEAN, CORRUPTED, layers=[layer], positions=[2, position], metric=metric)
+    kept = {}
+    clean = run_hooked(hf, tok, CLEAN, layer, lambda out: kept.__setitem__("h", out))
+    corrupted = run_hooked(hf, tok, CORRUPTED, layer, lambda out: None)
+
+    def patch(out):
+        out = out.clone()
+        out[:, position] = kept["h"][:, position]
+        return out
+    patched = run_hooked(hf, tok, CORRUPTED, layer, patch)
+    if metric is None:  # the default: the logit of the clean run's answer at the last position
+        answer = clean[0, -1].argmax()
+        metric = lambda logits: logits[:, -1, answer]  # noqa: E731
+    expected = (metric(patched) - metric(corrupted)) / (metric(clean) - metric(corrupted))
+    torch.testing.assert_close(result.effect[0, 1:], expected)
+    assert result.effect.shape == (1, 2) and result.input_tokens[1] == tok.decode(tok(CLEAN).input_ids[position])
+
+
+def test_patching_needs_prompts_of_the_same_length(tiny):
+    with pytest.raises(ValueError, match="same token length: the clean one has 9 tokens, the corrupted one 2"):
+        patch_activations(tiny, CLEAN, "Hello world")
