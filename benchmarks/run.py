@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 
 import harness
+import peer
+from plot import plot_overhead
+from targets import targets_table
 
 # Modules whose import registers scenarios (with @harness.scenario); add new ones here.
 SCENARIO_MODULES = ("scenarios_core", "scenarios_lm", "scenarios_remote")
@@ -17,7 +20,6 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 PLOT = "overhead.png"  # written beside the markdown file
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)
-import scenarios_lm  # noqa: E402  (also the targets table, the plot and the peer library's runner)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    scenarios_lm.PEER = scenarios_lm.Peer(args.peer) if args.peer else None
+    peer.PEER = peer.Peer(args.peer) if args.peer else None
     try:
         return _run(args, argv)
     finally:
-        scenarios_lm.PEER = None
+        peer.PEER = None
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -84,13 +86,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(table.text())
             sections.append(table.markdown())
         everything += tables
-    targets = scenarios_lm.targets_table(everything)
+    targets = targets_table(everything)
     print(targets.text())
     out = args.out or (None if args.quick or args.only else RESULTS)
     if out is not None:
         plot = out.parent / PLOT
         summary = targets.markdown()
-        if scenarios_lm.plot_overhead(everything, plot):
+        if plot_overhead(everything, plot):
             summary += f"\n![overhead per SmolLM2 scenario]({plot.name})\n"
             print(f"wrote {plot}")
         out.write_text(header(info, settings, time.perf_counter() - started, argv) + "\n" + summary + "\n"
