@@ -61,3 +61,22 @@ def test_generate_three_tokens_matches_local(llama):
     (local_logits, local_out), (logits, out) = run(False), run(True)
     assert out.shape[1] == local_out.shape[1] and torch.equal(out, local_out)
     assert torch.equal(logits, local_logits)
+
+
+def test_standard_names_and_logit_lens_ops_work_remotely(llama, hosted):
+    from nnglass.models import smollm2_path
+    from nnglass.modeling.standard import StandardizedTransformer
+
+    standard = StandardizedTransformer(str(smollm2_path()))
+    standard._remote_name = "smollm2"  # hosted under the helper's name
+
+    def run(remote):
+        with standard.trace(PROMPT, remote=remote):
+            layer = standard.layers_output[3].save()
+            standard.mlps_output[2][:] = 0
+            lens = standard.lm_head(standard.ln_final(standard.layers_output[20]))[:, -1].argmax(-1).save()
+            probs = standard.next_token_probs.save()
+        return layer.value, lens.value, probs.value
+
+    remote, local = run(True), run(False)
+    assert all(torch.allclose(r, l) for r, l in zip(remote, local))
