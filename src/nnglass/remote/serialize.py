@@ -6,7 +6,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..intervention.tracer import Tracer
 from ..tracing.graph import Graph
-from ..tracing.node import Node
+from ..tracing.node import Node, location
 from . import allowlist
 from .allowlist import WireError
 from .values import Decoder, Encoder
@@ -59,7 +59,7 @@ def _encode_node(node: Node, ids: dict, encode: Encoder) -> dict:
         "deps": [[ids[id(d.graph)], d.index] for d in node.deps],
         "invoke": node.invoke,
         "saved": node.saved,
-        "where": list(node.where) if node.where else None,
+        "where": list(location(node.where)) if node.where else None,
     }
 
 

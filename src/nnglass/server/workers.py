@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 from ..remote.schema import JobStatus
 from ..tracing import contexts
+from ..tracing.node import location
 from .jobs import JobRecord
 
 
@@ -119,7 +120,7 @@ class _Run:
                                          "and was stopped.", error="TimeoutError")
         except Exception as error:
             node = getattr(error, "nnglass_node", None)
-            where = f"{node.where[0]}:{node.where[1]}" if node is not None and node.where else None
+            where = "{}:{}".format(*location(node.where)) if node is not None and node.where else None
             record.post(JobStatus.ERROR, str(error), error=type(error).__name__, where=where)
 
 

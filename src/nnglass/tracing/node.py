@@ -31,8 +31,12 @@ _LIBRARY_DIRS = tuple(
 _is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
 
 
-def user_line() -> tuple[str, int]:
-    """File and line of the first caller outside nnglass, torch and einops."""
+def user_line() -> tuple[Any, int]:
+    """Where the first caller outside nnglass, torch and einops is: (code object, bytecode offset).
+
+    The line number is worked out only when needed (`location`): a frame's f_lineno costs time
+    proportional to the size of its code, which is large for a long script or notebook cell.
+    """
     frame = sys._getframe(3)  # 0: here, 1: Graph.add, 2: the nnglass code that called it, 3: its caller
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
@@ -42,14 +46,23 @@ def user_line() -> tuple[str, int]:
         if not skip:
             break
         frame = frame.f_back
-    return frame.f_code.co_filename, frame.f_lineno
+    return frame.f_code, frame.f_lasti
 
 
-def describe_line(where: tuple[str, int] | None) -> str:
+def location(where: tuple | None) -> tuple[str, int] | None:
+    """(file, line) of a node's `where`, which is (code, offset) or already (file, line)."""
+    if where is None or isinstance(where[0], str):
+        return where
+    code, offset = where
+    line = next((line for start, end, line in code.co_lines() if start <= offset < end), None)
+    return code.co_filename, line or code.co_firstlineno
+
+
+def describe_line(where: tuple | None) -> str:
     """`file:line: source text` for an error message."""
     if where is None:
         return "<unknown>"
-    filename, lineno = where
+    filename, lineno = location(where)
     source = linecache.getline(filename, lineno).strip()
     return f"{filename}:{lineno}" + (f": {source}" if source else "")
 
