@@ -132,6 +132,9 @@ class LanguageModel(NNsight):
 
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Left-pad every invoke to the longest one and stack them into one batch."""
+        if len(prepared) == 1:  # one invoke: already a batch
+            _, batch, size = prepared[0]
+            return (), batch, [(0, size)], size
         width = max(kwargs["input_ids"].shape[1] for _, kwargs, _ in prepared)
         padded = [tokens.left_pad(kwargs, width, self._pad_id) for _, kwargs, _ in prepared]
         batch = {key: torch.cat([p[key] for p in padded]) for key in tokens.INPUT_KEYS}  # [total, width]
