@@ -45,9 +45,9 @@ class LogitLens:
 
 
 @torch.no_grad()
-def logit_lens(model: StandardizedTransformer, prompt: str, top_k: int = 1) -> LogitLens:
+def logit_lens(model: StandardizedTransformer, prompt: str, top_k: int = 1, remote: bool = False) -> LogitLens:
     """Decode every layer's output with `ln_final` and `lm_head`, in one trace: top tokens and probabilities."""
-    with model.trace(prompt):
+    with model.trace(prompt, remote=remote):
         hidden = torch.stack([model.layers_output[i][0] for i in range(model.num_layers)])  # [layers, tokens, hidden]
         probs = model.lm_head(model.ln_final(hidden)).softmax(-1)  # [layers, tokens, vocab]
         top = probs.topk(top_k, dim=-1)
@@ -61,11 +61,11 @@ def logit_lens(model: StandardizedTransformer, prompt: str, top_k: int = 1) -> L
 # -- steering ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def steer(model: StandardizedTransformer, prompt: str | list[str], vector: torch.Tensor, layers: int | Sequence[int],
-          positions: Sequence[int] | None = None, scale: float = 1.0) -> torch.Tensor:
+          positions: Sequence[int] | None = None, scale: float = 1.0, remote: bool = False) -> torch.Tensor:
     """Logits [batch, tokens, vocab] of a run that adds `scale * vector` [hidden] to the given layers' outputs."""
     where = slice(None) if positions is None else list(positions)
     delta = scale * vector  # [hidden]
-    with model.trace(prompt):
+    with model.trace(prompt, remote=remote):
         for layer in [layers] if isinstance(layers, int) else layers:
             model.layers_output[layer][:, where] += delta  # output [batch, tokens, hidden]
         logits = model.logits.save()
@@ -94,7 +94,7 @@ class Patching:
 @torch.no_grad()
 def patch_activations(model: StandardizedTransformer, clean: str, corrupted: str,
                       layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
-                      metric: Metric | None = None) -> Patching:
+                      metric: Metric | None = None, remote: bool = False) -> Patching:
     """Patch each (layer, position) of the clean run's layer outputs into the corrupted run; measure the effect.
 
     The default metric is the logit of the clean run's answer (its top token at the last position); every
@@ -106,7 +106,7 @@ def patch_activations(model: StandardizedTransformer, clean: str, corrupted: str
                          f"{len(clean_ids)} tokens, the corrupted one {len(corrupted_ids)}.")
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     positions = list(range(len(clean_ids))) if positions is None else [p % len(clean_ids) for p in positions]
-    hidden, clean_logits, corrupted_logits = _baselines(model, clean, corrupted, layers)
+    hidden, clean_logits, corrupted_logits = _baselines(model, clean, corrupted, layers, remote)
     if metric is None:
         metric = _answer_logit(int(clean_logits[0, -1].argmax()))
     low, high = metric(corrupted_logits), metric(clean_logits)  # [1] each
@@ -115,15 +115,15 @@ def patch_activations(model: StandardizedTransformer, clean: str, corrupted: str
     rows = torch.arange(len(positions))
     columns = torch.tensor(positions)
     effect = torch.stack([
-        (metric(_patched(model, corrupted, layer, rows, columns, hidden[i, columns])) - low) / (high - low)
+        (metric(_patched(model, corrupted, layer, rows, columns, hidden[i, columns], remote)) - low) / (high - low)
         for i, layer in enumerate(layers)])  # [layers, positions]
     return Patching(effect, layers, positions, [_words(model, clean_ids)[p] for p in positions])
 
 
 def _baselines(model: StandardizedTransformer, clean: str, corrupted: str,
-               layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               layers: list[int], remote: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clean layer outputs [layers, tokens, hidden] and both runs' logits [1, tokens, vocab], in one trace."""
-    with model.trace() as tracer:
+    with model.trace(remote=remote) as tracer:
         with tracer.invoke(clean):
             hidden = torch.stack([model.layers_output[layer][0] for layer in layers]).save()
             clean_logits = model.logits.save()
@@ -133,9 +133,9 @@ def _baselines(model: StandardizedTransformer, clean: str, corrupted: str,
 
 
 def _patched(model: StandardizedTransformer, corrupted: str, layer: int, rows: torch.Tensor,
-             columns: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+             columns: torch.Tensor, values: torch.Tensor, remote: bool) -> torch.Tensor:
     """Logits [positions, tokens, vocab] of the corrupted prompt run once per position, row r patched at columns[r]."""
-    with model.trace([corrupted] * len(rows)):
+    with model.trace([corrupted] * len(rows), remote=remote):
         model.layers_output[layer][rows, columns] = values  # values [positions, hidden]
         logits = model.logits.save()
     return logits.value

@@ -80,3 +80,12 @@ def test_standard_names_and_logit_lens_ops_work_remotely(llama, hosted):
 
     remote, local = run(True), run(False)
     assert all(torch.allclose(r, l) for r, l in zip(remote, local))
+    from nnglass.analysis import logit_lens, patch_activations, steer
+    lens_remote, lens_local = logit_lens(standard, PROMPT, remote=True), logit_lens(standard, PROMPT)
+    assert lens_remote.tokens == lens_local.tokens and lens_remote.tokens[-1][-1] == " Paris"
+    vector = torch.ones(576)
+    assert torch.allclose(steer(standard, PROMPT, vector, [3], remote=True), steer(standard, PROMPT, vector, [3]))
+    args = (standard, PROMPT, "The Colosseum is in the city of")
+    kwargs = dict(layers=[28, 29], positions=[-1])
+    assert torch.allclose(patch_activations(*args, **kwargs, remote=True).effect,
+                          patch_activations(*args, **kwargs).effect, atol=1e-4)

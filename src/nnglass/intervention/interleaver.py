@@ -8,13 +8,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..tracing.executor import WAIT, EarlyStop, Executor
+from ..tracing.executor import PINNED, WAIT, EarlyStop, Executor
 from ..tracing.graph import Graph
 from ..tracing.node import DONE, PENDING, Node, describe_line, map_nested
 
 EVENTS = ("output", "inputs")
 ALL_CALLS = -1
-_PINNED = 1 << 40  # uses_left of values that a repeating event needs again
 _VIEWS = {"view", "reshape", "transpose", "permute", "narrow", "select", "squeeze", "unsqueeze",
           "flatten", "unflatten", "expand", "t", "view_as", "chunk", "split", "unbind", "diagonal"}
 _INPLACE_OPS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
@@ -156,7 +155,7 @@ class Interleaver(Executor):
                 self.closures[node] = closure
                 for user in closure:
                     for dep in user.deps:
-                        dep.uses_left += _PINNED
+                        dep.uses_left += PINNED
 
     def check_edits(self, event: Node) -> None:
         for edit in self.edits.get(event, ()):

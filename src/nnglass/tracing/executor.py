@@ -26,7 +26,7 @@ class Exit(BaseException):
         super().__init__(scope)
         self.scope = scope
 
-_PINNED = 1 << 40  # added to uses_left of values that a loop needs in every iteration
+PINNED = 1 << 40  # added to uses_left of values needed again and again (loops, repeating events)
 
 
 class Executor:
@@ -178,7 +178,7 @@ class Executor:
             for inner in graph.nodes:
                 for dep in inner.deps:
                     if not _inside(dep.graph, body):
-                        dep.uses_left += _PINNED
+                        dep.uses_left += PINNED
         for value in iterable:
             loop = Executor(body)
             loop.start()
