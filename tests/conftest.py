@@ -31,3 +31,24 @@ def tiny(net: torch.nn.Sequential) -> NNsight:
 def x() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.rand((1, INPUT_SIZE))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The real SmolLM2 tokenizer (offline), for tiny random transformers models."""
+    from transformers import AutoTokenizer
+
+    from nnglass.models import smollm2_path
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
+def tiny_llama(tokenizer, layers: int):
+    """A Llama with random weights, small enough for any test, sharing the tokenizer's vocabulary."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -2,12 +2,12 @@
 import matplotlib.image
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from nnglass.analysis import logit_lens, patch_activations, steer
 from nnglass.modeling.standard import StandardizedTransformer
 from nnglass.models import smollm2_path
 from nnglass.remote import allowlist
+from tests.conftest import tiny_llama
 
 CLEAN = "The Eiffel Tower is in the city of"
 CORRUPTED = "The Colosseum is in the city of"  # as many tokens as CLEAN
@@ -15,17 +15,13 @@ PARIS = 7042  # " Paris" in the SmolLM2 tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(smollm2_path())
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
 def hf(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_llama(tok, 3)
 
 
 @pytest.fixture(scope="module")

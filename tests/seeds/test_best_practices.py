@@ -5,28 +5,23 @@ its INCORRECT examples run here, and give the right values.
 """
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 import nnglass as nnsight
 from nnglass.modeling.standard import StandardizedTransformer
-from nnglass.models import smollm2_path
+from tests.conftest import tiny_llama
 
 PROMPT = "My tailor is rich"
 LAYERS = 8
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(smollm2_path())
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
 def hf(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_llama(tok, LAYERS)
 
 
 @pytest.fixture(scope="module")
