@@ -45,8 +45,7 @@ class Interleaver(Executor):
         self.backward_pass: int | None = None  # index of the backward node now running
         self.busy = False             # the graph itself is calling a module: hooks stand aside
 
-    def external(self, node: Node) -> bool:
-        return node.op in EVENTS
+    external = frozenset({*EVENTS, "item"})
 
     # -- running -------------------------------------------------------------------------------
     def run(self, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -43,18 +43,17 @@ class Executor:
         nodes = graph.nodes
         for node in nodes:
             node.state = PENDING
-        ready, alone = self.ready, graph.parent is None
+        ready, alone, external = self.ready, graph.parent is None, self.external
         for node in nodes:
             # inside a session or loop, values from enclosing graphs are there already
             node.remaining = len(node.deps) if alone else sum(1 for dep in node.deps if dep.state != DONE)
             node.uses_left = len(node.users)
-            if node.remaining == 0 and not self.external(node):
+            if node.remaining == 0 and node.op not in external:
                 ready.append(node.index)
         heapq.heapify(ready)
 
-    def external(self, node: Node) -> bool:
-        """Whether a node's value is handed in from outside (a hook, a loop) rather than computed."""
-        return node.op == "item"
+    # ops whose values are handed in from outside (a loop's item) rather than computed
+    external = frozenset({"item"})
 
     def run(self) -> None:
         """Run the whole graph (sessions and loop bodies: strictly in order)."""
@@ -67,7 +66,7 @@ class Executor:
             self.drain()
             return
         for node in self.graph.nodes:
-            if node.state == PENDING and not self.external(node):
+            if node.state == PENDING and node.op not in self.external:
                 if all(dep.state == DONE for dep in node.deps):
                     self.execute(node)
 
@@ -87,7 +86,7 @@ class Executor:
             else:
                 args, kwargs = [a.value if type(a) is Node else a for a in node.args], node.kwargs
             if node.op == "call_function":  # the hot path, without a method lookup
-                value = node.target(*args, **kwargs)
+                value = node.target(*args, **kwargs) if kwargs else node.target(*args)
             else:
                 value = getattr(self, node.op)(node, *args, **kwargs)
         except EarlyStop:
