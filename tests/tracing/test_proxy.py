@@ -5,7 +5,7 @@ import einops
 import pytest
 import torch
 
-from nnglass import NNsight, TraceError
+from nnglass import TraceError
 
 BINARY = [operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
           operator.mod, operator.pow, operator.lt, operator.le, operator.eq, operator.ne,

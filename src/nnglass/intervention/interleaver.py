@@ -10,7 +10,7 @@ import torch
 
 from ..tracing.executor import PINNED, WAIT, EarlyStop, Executor
 from ..tracing.graph import Graph
-from ..tracing.node import DONE, PENDING, Node, describe_line, map_nested
+from ..tracing.node import PENDING, Node, describe_line, map_nested
 
 EVENTS = ("output", "inputs")
 ALL_CALLS = -1

@@ -83,7 +83,6 @@ class Tracer:
         """A tracer around a graph that arrived over the wire (inputs come at execute)."""
         tracer = cls.__new__(cls)
         tracer.model, tracer.graph, tracer.method, tracer.call_kwargs = model, graph, method, call_kwargs
-        tracer.invokers = []
         tracer.invokers = [Invoker(tracer, (), {}) for _ in range(invokes)]
         tracer.output, tracer.remote = None, False
         graph.owner = tracer
@@ -222,12 +221,9 @@ class Tracer:
         first = kind == "input"
         if first:
             kind = "inputs"
-        event = self.event(path, kind).node
-        base = event if event.op == kind else event.args[0]
-        swap = self.graph.add("swap", None, (base, value), {"first": True} if first else None)
-        latest = self.graph.add("current", None, (base, swap), guarded=False)
         call = self.calls.get(path, 0)
-        self.events[(path, kind, call, self.graph.invoke)] = Proxy(latest, self.graph)
+        latest = self.swap(self.event(path, kind), value, first)
+        self.events[(path, kind, call, self.graph.invoke)] = latest
         self.events.pop((path, "input", call, self.graph.invoke), None)
 
     def next_call(self, path: str, step: int) -> None:
@@ -248,10 +244,14 @@ class Tracer:
         return grad
 
     def set_grad(self, proxy: Proxy, value: Any) -> None:
-        grad = self.grad_of(proxy)
-        base = grad.node if grad.node.op == "grad" else grad.node.args[0]
-        swap = self.graph.add("swap", None, (base, value))
-        self.grads[(proxy.node, self.graph.backward)] = Proxy(self.graph.add("current", None, (base, swap), guarded=False), self.graph)
+        self.grads[(proxy.node, self.graph.backward)] = self.swap(self.grad_of(proxy), value)
+
+    def swap(self, latest: Proxy, value: Any, first: bool = False) -> Proxy:
+        """Replace the value of an event (module output/inputs, gradient); return its new latest proxy."""
+        node = latest.node
+        event = node.args[0] if node.op == "current" else node  # swaps are keyed by the event itself
+        swap = self.graph.add("swap", None, (event, value), {"first": True} if first else None)
+        return Proxy(self.graph.add("current", None, (event, swap), guarded=False), self.graph)
 
     # -- fake values (used by Proxy) ------------------------------------------------------------------
     def fake(self, node: Node) -> Any:

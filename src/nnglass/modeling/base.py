@@ -30,7 +30,7 @@ class NNsight(Envoy):
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
         if not trace:
-            with Tracer(self, inputs, kwargs, invoker_args=invoker_args, remote=remote) as tracer:
+            with Tracer(self, inputs, kwargs, invoker_args=invoker_args, remote=remote):
                 output = self.output.save()
             return output.value
         return Tracer(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
@@ -61,16 +61,13 @@ class NNsight(Envoy):
 
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Concatenate invokes along the batch dimension; also give each invoke's (start, size)."""
-        slices, start = [], 0
-        for _, _, size in prepared:
-            slices.append((start, size))
-            start += size
+        slices, total = batch_slices([size for _, _, size in prepared])
         if len(prepared) == 1:
             args, kwargs, _ = prepared[0]
-            return args, kwargs, slices, start
+            return args, kwargs, slices, total
         args = tuple(_concat([p[0][i] for p in prepared]) for i in range(len(prepared[0][0])))
         kwargs = {k: _concat([p[1][k] for p in prepared]) for k in prepared[0][1]}
-        return args, kwargs, slices, start
+        return args, kwargs, slices, total
 
     def _execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model."""
@@ -83,6 +80,15 @@ class NNsight(Envoy):
         if records is None:
             records = self._scans[key] = record_forward(self, args, kwargs, self._fake_mode)
         return records
+
+
+def batch_slices(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
+    """(start, size) of each invoke in the concatenated batch, and the total batch size."""
+    slices, start = [], 0
+    for size in sizes:
+        slices.append((start, size))
+        start += size
+    return slices, start
 
 
 def _concat(values: list[Any]) -> Any:

@@ -11,7 +11,7 @@ from ..intervention.envoy import Envoy
 from ..intervention.tracer import Tracer
 from ..tracing.contexts import suspended
 from . import tokens
-from .base import NNsight
+from .base import NNsight, batch_slices
 
 if TYPE_CHECKING:  # transformers is imported on first use: `import nnglass` stays fast
     from transformers import PreTrainedModel
@@ -138,11 +138,7 @@ class LanguageModel(NNsight):
         width = max(kwargs["input_ids"].shape[1] for _, kwargs, _ in prepared)
         padded = [tokens.left_pad(kwargs, width, self._pad_id) for _, kwargs, _ in prepared]
         batch = {key: torch.cat([p[key] for p in padded]) for key in tokens.INPUT_KEYS}  # [total, width]
-        slices, start = [], 0
-        for _, _, size in prepared:
-            slices.append((start, size))
-            start += size
-        return (), batch, slices, start
+        return (), batch, *batch_slices([size for _, _, size in prepared])
 
     def _execute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
         """One forward pass; position ids count real tokens, so a padded prompt sees what it sees alone."""

@@ -190,7 +190,8 @@ def open_patches() -> None:
                 setattr(owner, name, traced)
 
 
-_paused = 0
+_paused = 0           # traces open or running, in all threads
+_gc_was_enabled = False
 
 
 def pause_gc() -> None:
@@ -200,11 +201,11 @@ def pause_gc() -> None:
     into older generations and trigger full collections later. The trace frees them by reference
     counting at its end, so the collector has nothing to do.
     """
-    global _paused
+    global _paused, _gc_was_enabled
     with _lock:
         _paused += 1
         if _paused == 1:
-            _paused_state[0] = gc.isenabled()
+            _gc_was_enabled = gc.isenabled()
             gc.disable()
 
 
@@ -213,11 +214,9 @@ def resume_gc() -> None:
     global _paused
     with _lock:
         _paused -= 1
-        if _paused == 0 and _paused_state[0]:
+        if _paused == 0 and _gc_was_enabled:
             gc.enable()
 
-
-_paused_state = [False]
 
 
 def close_patches() -> None:

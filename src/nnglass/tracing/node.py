@@ -79,9 +79,6 @@ def map_nested(value: Any, fn: Callable[[Any], Any]) -> Any:
     return fn(value)
 
 
-_CONTAINERS = (tuple, list, dict, slice)
-
-
 class Node:
     """One operation: `op` names the executor method, `target` what it calls or reads."""
 
