@@ -152,7 +152,7 @@ def test_one_patched_cell_equals_a_patch_by_hand(tiny, hf, tok, metric):
         answer = clean[0, -1].argmax()
         metric = lambda logits: logits[:, -1, answer]  # noqa: E731
     expected = (metric(patched) - metric(corrupted)) / (metric(clean) - metric(corrupted))
-    torch.testing.assert_close(result.effect[0, 1:], expected)
+    torch.testing.assert_close(result.effect[0, 1:], expected, atol=1e-4, rtol=1e-4)  # a ratio of differences of batched runs
     assert result.effect.shape == (1, 2) and result.input_tokens[1] == tok.decode(tok(CLEAN).input_ids[position])
 
 
