@@ -9,38 +9,54 @@ __version__ = "0.1.0"
 from .config import CONFIG  # noqa: E402
 from .intervention.envoy import Envoy
 from .intervention.interleaver import CausalityError
+from .intervention.session import Session
+from .intervention.trace import Trace as Tracer
 from .modeling.base import NNsight
 from .modeling.language import LanguageModel
-from .tracing import contexts as _contexts
-from .tracing.executor import ExecutionError
-from .tracing.proxy import Proxy, TraceError
+from .tracing.errors import ExecutionError, TraceError
+from .tracing.local import current as _current
+from .tracing.proxy import Proxy
+from . import remote as _remote  # noqa: F401  (registers the remote backend)
+from .remote.client import RemoteError
 
 __all__ = [
-    "NNsight", "LanguageModel", "Envoy", "CONFIG", "Proxy", "apply", "log",
-    "TraceError", "CausalityError", "ExecutionError",
-    "bool", "bytes", "int", "float", "str", "complex", "bytearray", "tuple", "list", "set", "dict",
+    "NNsight", "LanguageModel", "StandardizedTransformer", "Envoy", "Session", "Tracer", "CONFIG",
+    "Proxy", "apply", "log", "save", "TraceError", "CausalityError", "ExecutionError", "RemoteError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StandardizedTransformer":  # imported on first use: it pulls in transformers
+        from .modeling.standard import StandardizedTransformer
+        return StandardizedTransformer
+    raise AttributeError(f"module 'nnglass' has no attribute '{name}'")
 
 
 def apply(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call fn on proxies as one graph node (outside a trace: just call it)."""
-    tracer = _contexts.current()
-    if tracer is None:
+    recorder = _current()
+    if recorder is None:
         return fn(*args, **kwargs)
-    return tracer.graph.proxy("call_function", fn, args, kwargs)
+    return recorder.proxy("call_function", fn, args, kwargs)
+
+
+def save(value: Any) -> Any:
+    """Keep value after the trace (`nnglass.save(x)` is `x.save()`; plain values are returned as they are)."""
+    return value.save() if isinstance(value, Proxy) else value
 
 
 def _builtin(kind: type) -> Any:
     def make(*args: Any, **kwargs: Any) -> Any:
-        tracer = _contexts.current()
-        if tracer is None:
+        recorder = _current()
+        if recorder is None:
             return kind(*args, **kwargs)
-        return tracer.graph.proxy("call_function", kind, args, kwargs)
+        return recorder.proxy("call_function", kind, args, kwargs)
     make.__name__ = kind.__name__
     make.__doc__ = f"A traceable {kind.__name__} (a graph node inside a trace or session)."
     return make
 
 
+# Traceable builtins: `nnglass.list()` etc. Attributes only, out of __all__, so `import *` shadows nothing.
 bool = _builtin(_builtins.bool)
 bytes = _builtin(_builtins.bytes)
 int = _builtin(_builtins.int)
@@ -56,8 +72,8 @@ dict = _builtin(_builtins.dict)
 
 def log(*values: Any) -> None:
     """Print values when the graph runs (outside a trace: print now)."""
-    tracer = _contexts.current()
-    if tracer is None:
+    recorder = _current()
+    if recorder is None:
         _builtins.print(*values)
     else:
-        tracer.log(*values)
+        recorder.log(*values)

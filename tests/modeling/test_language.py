@@ -88,9 +88,10 @@ def test_trace_without_edit_reproduces_transformers_logits_exactly(arch, tokeniz
     model = LanguageModel(path)
     with model.trace(PROMPT) as tracer:
         logits = model.lm_head.output.save()
+        result = tracer.result.save()
     expected = logits_of(hf, tokenizer, PROMPT)
     assert torch.equal(logits, expected)
-    assert torch.equal(tracer.output.logits, expected)
+    assert torch.equal(result.logits, expected)
 
 
 def test_generate_without_edit_reproduces_transformers_generate(arch, tokenizer):

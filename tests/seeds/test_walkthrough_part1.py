@@ -13,7 +13,9 @@ def test_print_shows_module_tree(tiny, net):  # cells 4, 8
 def test_empty_trace_runs(tiny, x):  # cell 5
     with tiny.trace(x) as tracer:
         pass
-    assert torch.equal(tracer.output, tiny._model(x))
+    with tiny.trace(x) as tracer:
+        result = tracer.result.save()  # the model's output (nnsight 0.5+ names it `tracer.result`)
+    assert torch.equal(result, tiny._model(x))
 
 
 def test_unsaved_value_raises(tiny, x):  # cell 6

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nnglass
-from nnglass.intervention.tracer import Tracer
+from nnglass.intervention.trace import Trace as Tracer
 from nnglass.remote import serialize
 from nnglass.remote.client import RemoteError
 from nnglass.server import Limits
@@ -68,13 +68,13 @@ def test_malformed_json(hosted):
 def test_wrong_shape_and_wrong_version(hosted, tiny, x):
     data = recorded(tiny, x, lambda: tiny.output.save())
     refused(post(hosted, {**data, "graphs": "nope"}), 422, "graphs: Input should be a valid list")
-    refused(post(hosted, {**data, "wire": 99}), 400, "this server reads wire format 1")
+    refused(post(hosted, {**data, "wire": 99}), 400, "this server reads wire format 2")
 
 
 def test_unknown_model(hosted, tiny, x):
     data = recorded(tiny, x, lambda: tiny.output.save())
     refused(post(hosted, {**data, "model": "gpt-9"}), 404, "model 'gpt-9' is not hosted on this server; it hosts: tiny")
-    data["graphs"][0]["owner"]["model"] = "gpt-9"
+    data["graphs"][0]["meta"]["model"] = "gpt-9"
     refused(post(hosted, data), 404, "'gpt-9' is not hosted")
 
 

@@ -5,7 +5,7 @@ import httpx
 import pytest
 import torch
 
-from nnglass.intervention.tracer import Tracer
+from nnglass.intervention.trace import Trace as Tracer
 from nnglass.remote import serialize
 from nnglass.remote.client import execute_remote
 from nnglass.server import BackgroundServer

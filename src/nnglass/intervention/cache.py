@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["Cache", "Entry", "put"]
+
 
 class Entry:
     """What one module produced: `.output`, and `.inputs`/`.input` when inputs were cached."""
@@ -26,6 +28,10 @@ class Entry:
 class Cache(dict):
     """Entries by module path (`cache["model.layers.0"]`), also by attribute (`cache.model.layers[0]`)."""
 
+    def __init__(self, paths: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.paths = frozenset(paths)  # every module path of the model, to tell typos from modules not cached
+
     def __getattr__(self, name: str) -> Any:
         return _Path(self, name)
 
@@ -36,10 +42,18 @@ class _Path:
     def __init__(self, cache: Cache, path: str) -> None:
         self._cache = cache
         self._path = path
+        known = cache.paths or set(cache)
+        if not any(p == path or p.startswith(path + ".") for p in known):
+            raise AttributeError(f"The model has no module '{path}'; cached modules: {sorted(cache)[:8]}"
+                                 f"{' ...' if len(cache) > 8 else ''}")
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
         entry = self._cache.get(self._path)
-        if entry is not None and name in ("output", "inputs", "input"):
+        if name in ("output", "inputs", "input"):
+            if entry is None:
+                raise KeyError(f"Module '{self._path}' was not cached (or did not run).")
             return getattr(entry, name)
         return _Path(self._cache, f"{self._path}.{name}")
 

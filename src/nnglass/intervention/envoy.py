@@ -5,12 +5,15 @@ from typing import Any, Iterator
 
 import torch
 
-from ..tracing import contexts
-from ..tracing.proxy import Proxy, TraceError
+from ..tracing.errors import TraceError
+from ..tracing.local import current
+from ..tracing.proxy import Proxy
+
+__all__ = ["Envoy"]
 
 
 def _tracer() -> Any:
-    tracer = contexts.current()
+    tracer = current()
     if tracer is None or not hasattr(tracer, "event"):
         raise TraceError("Module inputs and outputs exist only inside `with model.trace(...)`.")
     return tracer
@@ -92,10 +95,10 @@ class Envoy:
         return found
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        tracer = contexts.current()
+        tracer = current()
         if tracer is None:
             return self._module(*args, **kwargs)
-        return tracer.graph.proxy("call_module", self._path, args, kwargs)
+        return tracer.proxy("call_module", self._path, args, kwargs)
 
     # -- values in a trace --------------------------------------------------------------------------
     @property

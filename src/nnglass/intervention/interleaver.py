@@ -1,4 +1,4 @@
-"""Interleaver: runs an intervention graph alongside a model's forward (and backward) pass."""
+"""Interleaver: runs a trace's graph alongside a model's forward (and backward) pass."""
 from __future__ import annotations
 
 import heapq
@@ -8,9 +8,13 @@ from typing import Any, Callable
 
 import torch
 
-from ..tracing.executor import PINNED, WAIT, EarlyStop, Executor
+from ..tracing.errors import EarlyStop, TraceError
 from ..tracing.graph import Graph
-from ..tracing.node import PENDING, Node, describe_line, map_nested
+from ..tracing.interpreter import WAIT, Interpreter, Run
+from ..tracing.node import Node, describe_line
+from ..tracing.walk import map_leaves, zip_leaves
+
+__all__ = ["Interleaver", "CausalityError", "ALL_CALLS", "EVENTS", "first_input"]
 
 EVENTS = ("output", "inputs")
 ALL_CALLS = -1
@@ -25,50 +29,90 @@ class CausalityError(RuntimeError):
     """An edit of a module needs a value the model produces only later."""
 
 
-class Interleaver(Executor):
+def first_input(inputs: tuple[tuple, dict]) -> Any:
+    """A module's first positional argument, else its first keyword argument."""
+    args, kwargs = inputs
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+class Batch:
+    """Where each invoke's rows are: (start, size) per invoke in a batch of `size` rows.
+
+    A tensor whose first dimension is the batch times one of `factors` (beams, return sequences)
+    holds each row's copies next to each other, so an invoke's rows scale with the factor.
+    """
+
+    def __init__(self, slices: list[tuple[int, int]], size: int, factors: frozenset[int] = frozenset({1})) -> None:
+        self.slices = slices
+        self.size = size
+        self.factors = factors
+        self.whole = len(slices) == 1 and slices[0] == (0, size) and factors == {1}
+
+    def rows(self, value: Any, invoke: int) -> tuple[int, int] | None:
+        """(start, stop) of an invoke's rows in value, or None when value is not batched."""
+        if not isinstance(value, torch.Tensor) or value.ndim == 0 or self.size == 0:
+            return None
+        factor, rest = divmod(value.shape[0], self.size)
+        if rest or factor not in self.factors:
+            return None
+        start, size = self.slices[invoke]
+        return start * factor, (start + size) * factor
+
+
+class Interleaver(Interpreter):
     """Hooks on the modules the graph references hand activations to its event nodes."""
 
-    def __init__(self, graph: Graph, modules: dict[str, torch.nn.Module],
-                 slices: list[tuple[int, int]], batch_size: int) -> None:
-        super().__init__(graph)
+    external = frozenset({*EVENTS, "item"})
+
+    def __init__(self, graph: Graph, run: Run, modules: dict[str, torch.nn.Module], env: dict | None = None) -> None:
+        super().__init__(graph, run, env)
         self.modules = modules
-        self.slices = slices          # (start, size) of each invoke in the batch
-        self.batch_size = batch_size
-        self.narrowing = len(slices) > 1 or (bool(slices) and slices[0] != (0, batch_size))
+        self.batch = Batch([], 0)
         self.thread = threading.get_ident()
         self.events: dict[tuple[str, str], list[Node]] = {}
         self.edits: dict[Node, list[Node]] = {}
         self.calls: dict[tuple[str, str], int] = {}
         self.swaps: dict[Node, Any] = {}
+        self.sources: dict[int, tuple[Any, torch.Tensor, int, int]] = {}  # id(slice) -> (slice, full, start, stop)
         self.handles: list[Any] = []
         self.closures: dict[Node, list[Node]] = {}
+        self.given: set[Node] = set()
         self.backward_pass: int | None = None  # index of the backward node now running
         self.busy = False             # the graph itself is calling a module: hooks stand aside
 
-    external = frozenset({*EVENTS, "item"})
-
     # -- running -------------------------------------------------------------------------------
-    def run(self, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Install hooks, run forward, always remove the hooks again."""
+    def prepare(self) -> None:
+        """Index events and edits, queue what waits for nothing, run what needs no model value."""
         self.index()
+        self.start()
+        self.pin_repeating()
+        self.drain()
+
+    def invoke_inputs(self) -> list[tuple[tuple, dict]]:
+        """Each invoke's (args, kwargs), in invoke order; they must not need a value of this forward."""
+        invokes = sorted((n for n in self.graph.nodes if n.op == "invoke"), key=lambda n: n.target)
+        missing = [n for n in invokes if n not in self.env]
+        if missing:
+            raise TraceError(f"The input of an invoke needs a value that exists only once the model runs: "
+                             f"{describe_line(missing[0].where)}")
+        return [self.env[n] for n in invokes]
+
+    def run_forward(self, batch: Batch, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Install hooks, run forward, always remove the hooks again."""
+        self.batch = batch
         self.install()
         try:
-            self.start()
-            self.pin_repeating()
-            self.drain()
-            output = None
             if not self.stop_requested:
                 try:
-                    output = forward(*args, **kwargs)
+                    forward(*args, **kwargs)
                 except EarlyStop:
                     pass
             self.drain()
-            return output
         finally:
             for handle in self.handles:
                 handle.remove()
             self.handles.clear()
-            self.finish()
+            self.sources.clear()
 
     def index(self) -> None:
         """Group event nodes by (module, kind) and edits by the event they change."""
@@ -77,21 +121,24 @@ class Interleaver(Executor):
             if op == "call_function" and node.target not in _INPLACE_OPS:
                 continue  # the common case: not an event, not an edit
             if op in EVENTS:
+                if node.target not in self.modules:
+                    raise TraceError(f"The model has no module '{node.target}' ({describe_line(node.where)}).")
                 self.events.setdefault((node.target, op), []).append(node)
+            elif op == "invoke":
+                self.keep.add(node)
             elif _is_edit(node):
                 anchor = _anchor(node.args[0])
                 if anchor is not None:
                     self.edits.setdefault(anchor, []).append(node)
 
     def install(self) -> None:
+        """A forward hook (output) or pre-hook (inputs) on each referenced module."""
         for path, kind in self.events:
             module = self.modules[path]
             if kind == "output":
-                hook = self.output_hook(path)
-                self.handles.append(module.register_forward_hook(hook))
+                self.handles.append(module.register_forward_hook(self.output_hook(path)))
             else:
-                hook = self.inputs_hook(path)
-                self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                self.handles.append(module.register_forward_pre_hook(self.inputs_hook(path), with_kwargs=True))
 
     def output_hook(self, path: str) -> Callable[..., Any]:
         key = (path, "output")
@@ -112,7 +159,7 @@ class Interleaver(Executor):
         return hook
 
     def fire(self, key: tuple[str, str], value: Any) -> Any:
-        """A module produced a value: give each matching event node its slice, run what is ready."""
+        """A module produced a value: give each matching event node its rows, run what is ready."""
         call = self.calls[key] = self.calls.get(key, -1) + 1
         fired = [n for n in self.events[key] if n.args[0] == call or n.args[0] == ALL_CALLS]
         if not fired:
@@ -136,54 +183,84 @@ class Interleaver(Executor):
         return value if changed else None
 
     def give(self, node: Node, value: Any) -> None:
-        """Hand an event its value; a repeating event (`.all()`) re-runs what depends on it."""
-        if node.state != PENDING:
-            closure = self.closures[node]
+        """Hand an event its value; a repeating event (`.all()`, gradients) re-runs what depends on it."""
+        if node in self.given:
+            closure = self.closures.get(node, ())
+            again = set(closure) | {node}
             for user in closure:
-                user.state = PENDING
-            node.state = PENDING
-            for user in closure:
-                user.remaining = sum(1 for dep in user.deps if dep.state == PENDING)
+                self.skipped.discard(user)
+                self.waiting[user] = sum(1 for dep in user.deps if dep in again)
+        self.given.add(node)
         self.complete(node, value)
 
     def pin_repeating(self) -> None:
-        """Values that `.all()` events need on every call must outlive their first use."""
+        """Values that repeating events need on every call must outlive their first use."""
         for node in self.graph.nodes:
             if node.op in EVENTS and node.args[0] == ALL_CALLS or node.op == "grad":
                 closure = _downstream(node)
                 self.closures[node] = closure
+                inside = set(closure) | {node}
                 for user in closure:
-                    for dep in user.deps:
-                        dep.uses_left += PINNED
+                    self.keep.update(dep for dep in user.deps if dep not in inside)
 
     def check_edits(self, event: Node) -> None:
         for edit in self.edits.get(event, ()):
-            if edit.state == PENDING:
-                missing = _first_missing(edit)
+            if self.pending(edit):
+                missing = self.first_missing(edit)
                 raise CausalityError(
                     f"This edit cannot be applied: it changes a value when the model produces it, "
                     f"but it needs a value that the model produces only later.\n"
                     f"  the edit: {describe_line(edit.where)}\n"
                     f"  the later value: {describe_line(missing.where)}{_event_name(missing)}")
 
-    # -- batch slices --------------------------------------------------------------------------
+    def pending(self, node: Node) -> bool:
+        """Whether node has yet to run (after a drain: it waits for a value, or is an event not yet given)."""
+        if node in self.skipped:
+            return False
+        return self.waiting[node] > 0 or (node.op in self.external and node not in self.given)
+
+    def first_missing(self, node: Node) -> Node:
+        """Follow pending dependencies down to the value that never arrived."""
+        while True:
+            pending = [d for d in node.deps if self.pending(d)]
+            if not pending:
+                return node
+            node = pending[0]
+
+    # -- batch rows ----------------------------------------------------------------------------
     def narrow(self, value: Any, invoke: int | None) -> Any:
-        if invoke is None or not self.narrowing:
+        """An invoke's rows of every batched tensor in value (the whole value for the whole batch)."""
+        if invoke is None or self.batch.whole:
             return value
-        start, size = self.slices[invoke]
-        batch = self.batch_size
-        return map_nested(value, lambda t: t[start:start + size] if _batched(t, batch) else t)
+        return map_leaves(value, lambda leaf: self.rows_of(leaf, invoke))
+
+    def rows_of(self, leaf: Any, invoke: int) -> Any:
+        rows = self.batch.rows(leaf, invoke)
+        if rows is None:
+            return leaf
+        part = leaf[rows[0]:rows[1]]
+        self.sources[id(part)] = (part, leaf, *rows)
+        return part
 
     def merge(self, full: Any, part: Any, invoke: int | None) -> Any:
-        if invoke is None or not self.narrowing:
+        """Put an invoke's rows back into the whole batch (cat keeps autograd intact)."""
+        if invoke is None or self.batch.whole:
             return part
-        start, size = self.slices[invoke]
-        return _merge(full, part, start, size, self.batch_size)
+        return zip_leaves(full, part, lambda f, p: self.put_rows(f, p, invoke))
+
+    def put_rows(self, full: Any, part: Any, invoke: int) -> Any:
+        rows = self.batch.rows(full, invoke)
+        if rows is None or not isinstance(part, torch.Tensor):
+            return part
+        start, stop = rows
+        return torch.cat([full[:start], part.to(full.dtype), full[stop:]])
 
     # -- intervention ops ------------------------------------------------------------------------
+    def invoke(self, node: Node, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, kwargs
+
     def input(self, node: Node, inputs: tuple) -> Any:
-        args, kwargs = inputs
-        return args[0] if args else next(iter(kwargs.values()))
+        return first_input(inputs)
 
     def swap(self, node: Node, old: Any, value: Any, first: bool = False) -> None:
         event = node.args[0]
@@ -207,43 +284,38 @@ class Interleaver(Executor):
             self.busy = False
 
     def grad(self, node: Node, tensor: torch.Tensor, backward: int | None = None) -> Any:
-        self.handles.append(tensor.register_hook(lambda g: self.fire_grad(node, g, backward)))
+        _, full, start, stop = self.sources.get(id(tensor), (None, tensor, None, None))
+        self.handles.append(full.register_hook(lambda g: self.fire_grad(node, g, backward, start, stop)))
         return WAIT
 
-    def fire_grad(self, node: Node, grad: torch.Tensor, backward: int | None) -> Any:
+    def fire_grad(self, node: Node, grad: torch.Tensor, backward: int | None,
+                  start: int | None, stop: int | None) -> Any:
+        """A gradient arrived: give the grad node its rows, run what is ready, return the edited gradient."""
         if threading.get_ident() != self.thread or backward not in (None, self.backward_pass):
             return None
-        value = grad.clone() if node in self.edits else grad  # hooks must not edit their argument
-        self.give(node, value)
-        result = self.settle([node], value)
-        return value if result is None and value is not grad else result
+        part = grad if start is None else grad[start:stop]
+        if node in self.edits:
+            part = part.clone()  # hooks must not edit their argument
+        self.give(node, part)
+        self.drain()
+        self.check_edits(node)
+        new = self.swaps.pop(node, part if node in self.edits else None)
+        if new is None:
+            return None
+        return new if start is None else torch.cat([grad[:start], new.to(grad.dtype), grad[stop:]])
 
     def backward(self, node: Node, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # Nodes already waiting to run stay parked: inside the backward pass only what the
         # gradients wake may run (autograd runs hooks with grad mode off).
         outer, self.backward_pass = self.backward_pass, node.index
-        parked, self.ready = self.ready, []
+        parked = self.ready[:]  # the same list stays the queue: a drain in progress holds it
+        self.ready.clear()
         try:
             tensor.backward(*args, **kwargs)
         finally:
             self.backward_pass = outer
-            self.ready = parked + self.ready
+            self.ready.extend(parked)
             heapq.heapify(self.ready)
-
-
-def _batched(value: Any, batch: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch
-
-
-def _merge(full: Any, part: Any, start: int, size: int, batch: int) -> Any:
-    """Put an invoke's slice back into the whole batch (cat keeps autograd intact)."""
-    if type(full) in (tuple, list) and type(part) is type(full) and len(full) == len(part):
-        return type(full)(_merge(f, p, start, size, batch) for f, p in zip(full, part))
-    if type(full) is dict and type(part) is dict:
-        return {k: _merge(full[k], v, start, size, batch) if k in full else v for k, v in part.items()}
-    if _batched(full, batch) and isinstance(part, torch.Tensor):
-        return torch.cat([full[:start], part.to(full.dtype), full[start + size:]])
-    return part
 
 
 def _is_edit(node: Node) -> bool:
@@ -259,7 +331,7 @@ def _anchor(value: Any) -> Node | None:
     while type(value) is Node:
         if value.op in EVENTS or value.op == "grad":
             return value
-        if value.op == "current" or value.op == "input" or value.op == "getattr":
+        if value.op in ("current", "input", "getattr"):
             value = value.args[0]
         elif value.op == "call_function" and value.target is operator.getitem:
             value = value.args[0]
@@ -273,23 +345,14 @@ def _anchor(value: Any) -> Node | None:
 def _downstream(node: Node) -> list[Node]:
     """Every node that depends on node, directly or not, in definition order."""
     seen: dict[int, Node] = {}
-    stack = list(node.users)
-    while stack:
-        user = stack.pop()
+    todo = list(node.users)
+    while todo:
+        user = todo.pop()
         if user.index not in seen:
             seen[user.index] = user
-            stack.extend(user.users)
+            todo.extend(user.users)
     return [seen[i] for i in sorted(seen)]
 
 
 def _event_name(node: Node) -> str:
     return f" (the {node.op} of module '{node.target}')" if node.op in EVENTS else ""
-
-
-def _first_missing(node: Node) -> Node:
-    """Follow pending dependencies down to the value that never arrived."""
-    while True:
-        pending = [d for d in node.deps if d.state == PENDING]
-        if not pending:
-            return node
-        node = pending[0]

@@ -4,79 +4,59 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..tracing import contexts
-from ..tracing.contexts import Condition, Iterator
-from ..tracing.executor import EMPTY, Executor, Exit
-from ..tracing.graph import Graph
-from .tracer import Tracer
+from ..tracing.contexts import Condition, Loop
+from ..tracing.tracer import Tracer
+from .backend import Backend, LocalBackend
+from .interleaver import ALL_CALLS
+from .trace import Trace
+
+__all__ = ["Session", "Editor"]
 
 
-class Session:
+class Session(Tracer):
     """`with model.session() as session:` — traces inside run one after another on exit."""
 
-    def __init__(self, model: Any, remote: bool = False) -> None:
+    kind = "session"
+    holds_traces = True
+
+    def __init__(self, model: Any, backend: Backend | None = None) -> None:
+        super().__init__()
         self.model = model
-        self.remote = remote  # send the whole session to a server as one request
-        self.graph = Graph(sequential=True)
-        self.graph.owner = self
+        self.backend = backend or LocalBackend()
 
-    def __enter__(self) -> Session:
-        contexts.stack().append(self)
-        contexts.open_patches()
-        contexts.pause_gc()
-        return self
+    def meta(self) -> dict:
+        return {"model": getattr(self.model, "_remote_name", None)}
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        contexts.stack().pop()
-        contexts.close_patches()
-        self.graph.close()
-        try:
-            if exc_type is None:
-                self.execute()
-        finally:
-            contexts.resume_gc()
+    def end(self) -> None:
+        self.backend.run(self)
 
-    def execute(self) -> None:
-        """Run every node in order (here or on the server); keep only saved values."""
-        if self.remote:
-            from ..remote.client import execute_remote
-            execute_remote(self)
-        else:
-            run_session(self.graph)
-
-    def iter(self, iterable: Any, return_context: bool = False) -> Iterator:
+    def iter(self, iterable: Any, return_context: bool = False) -> Loop:
         """`with session.iter(items) as item:` records the body once and runs it per item."""
-        return Iterator(self.graph, iterable, return_context)
+        return Loop(self, iterable, return_context)
 
     def log(self, *values: Any) -> None:
         """Print values when the session runs."""
-        self.graph.add("log", None, values)
+        self.create("log", None, values)
 
     def exit(self) -> None:
         """End the session when this point runs."""
-        self.graph.add("exit", "session")
+        self.create("exit", "session")
 
     def cond(self, condition: Any) -> Condition:
         """`with session.cond(c):` runs what is inside only if c holds."""
-        return Condition(self.graph, condition)
+        return Condition(self, condition)
+
+    def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Add a call of any function to the session's graph."""
+        return self.proxy("call_function", fn, args, kwargs)
 
 
-def run_session(graph: Graph) -> None:
-    """Run a session graph in order, then drop every value that was not saved."""
-    try:
-        Executor(graph).run()
-    except Exit as exit:
-        if exit.scope != "session":
-            raise
-    finally:
-        for inner in graph.walk():
-            for node in inner.nodes:
-                if not node.saved:
-                    node.value = EMPTY
-
-
-class Editor(Tracer):
+class Editor(Trace):
     """`with model.edit() as edited:` records interventions that every later trace applies."""
+
+    kind = "edit"
+    nests = False
+    first_call = ALL_CALLS  # an edit acts like a hook: on every call of the module
 
     def __init__(self, model: Any, inplace: bool) -> None:
         super().__init__(model, run=False)
@@ -84,11 +64,9 @@ class Editor(Tracer):
         if not inplace:
             self.edited._edits = list(model._edits)
 
-    def __enter__(self) -> Any:
-        super().__enter__()
+    def begin(self) -> Any:
+        super().begin()
         return self.edited
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        super().__exit__(exc_type, exc, tb)
-        if exc_type is None:
-            self.edited._edits.append(self.graph)
+    def end(self) -> None:
+        self.edited._edits.append(self.graph)

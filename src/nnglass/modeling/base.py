@@ -6,11 +6,27 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from ..intervention.backend import Backend
 from ..intervention.envoy import Envoy
-from ..intervention.scan import record_forward
+from ..intervention.fake import ScanCache, record_forward
 from ..intervention.session import Editor, Session
-from ..intervention.tracer import Tracer
-from ..tracing.node import map_nested
+from ..intervention.trace import Trace
+from ..tracing.walk import leaves
+
+__all__ = ["NNsight", "batch_slices", "BACKENDS"]
+
+# Backends by name besides the local one; `nnglass.remote` adds "remote" when imported.
+BACKENDS: dict[str, Any] = {}
+
+
+def backend_for(remote: Any) -> Backend | None:
+    """The backend `remote=` asks for: None (here) or a registered one ("remote" for True)."""
+    if not remote:
+        return None
+    name = "remote" if remote is True else remote
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown remote={remote!r}: use True (a server) or one of {sorted(BACKENDS)}.")
+    return BACKENDS[name]()
 
 
 class NNsight(Envoy):
@@ -21,7 +37,7 @@ class NNsight(Envoy):
         self._model = module
         self._modules_by_path = dict(module.named_modules())
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        self._scans: dict[Any, dict] = {}
+        self._scans = ScanCache()
         self._edits: list[Any] = []  # graphs that every trace of this model applies first
         self._remote_name: str | None = None  # what a server hosts this model as
         self._add_aliases(rename or {})  # e.g. {"transformer.h": "layers"}: model.layers is model.transformer.h
@@ -29,20 +45,21 @@ class NNsight(Envoy):
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
+        backend = backend_for(remote)
         if not trace:
-            with Tracer(self, inputs, kwargs, invoker_args=invoker_args, remote=remote):
+            with Trace(self, inputs, kwargs, invoker_args=invoker_args, backend=backend):
                 output = self.output.save()
             return output.value
-        return Tracer(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
-                      remote=remote)
+        return Trace(self, inputs, kwargs, scan=scan, validate=validate, invoker_args=invoker_args,
+                     backend=backend)
 
-    def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
+    def scan(self, *inputs: Any, **kwargs: Any) -> Trace:
         """`with model.scan(input):` gives shapes and dtypes without running the model."""
-        return Tracer(self, inputs, kwargs, scan=True, run=False)
+        return Trace(self, inputs, kwargs, scan=True, run=False)
 
     def session(self, remote: bool = False) -> Session:
         """`with model.session() as session:` runs the traces inside in order, at exit."""
-        return Session(self, remote)
+        return Session(self, backend_for(remote))
 
     def edit(self, inplace: bool = False) -> Editor:
         """`with model.edit() as edited:` makes interventions that apply to every later trace."""
@@ -65,9 +82,16 @@ class NNsight(Envoy):
         if len(prepared) == 1:
             args, kwargs, _ = prepared[0]
             return args, kwargs, slices, total
-        args = tuple(_concat([p[0][i] for p in prepared]) for i in range(len(prepared[0][0])))
-        kwargs = {k: _concat([p[1][k] for p in prepared]) for k in prepared[0][1]}
+        if len({len(p[0]) for p in prepared}) > 1:
+            raise TypeError("Every invoke must give the model the same number of positional inputs.")
+        args = tuple(concat([p[0][i] for p in prepared], f"input {i}") for i in range(len(prepared[0][0])))
+        names = {name: None for p in prepared for name in p[1]}
+        kwargs = {name: concat([p[1].get(name, _MISSING) for p in prepared], f"keyword '{name}'") for name in names}
         return args, kwargs, slices, total
+
+    def _batch_factors(self, method: str, call_kwargs: dict) -> frozenset[int]:
+        """How many copies of each row a run makes: one (a forward pass makes none)."""
+        return frozenset({1})
 
     def _execute(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model."""
@@ -75,11 +99,8 @@ class NNsight(Envoy):
 
     def _scan_records(self, args: tuple, kwargs: dict) -> dict:
         """Fake-tensor records of every module's inputs and outputs, cached per input signature."""
-        key = _signature((args, kwargs))
-        records = self._scans.get(key)
-        if records is None:
-            records = self._scans[key] = record_forward(self, args, kwargs, self._fake_mode)
-        return records
+        return self._scans.get(_signature((args, kwargs)), lambda: record_forward(
+            self._modules_by_path, self._execute, args, kwargs, self._fake_mode))
 
 
 def batch_slices(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
@@ -91,14 +112,29 @@ def batch_slices(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:
     return slices, start
 
 
-def _concat(values: list[Any]) -> Any:
-    if isinstance(values[0], torch.Tensor):
+_MISSING = object()
+
+
+def concat(values: list[Any], name: str) -> Any:
+    """One input of every invoke as one batch: tensors concatenated, other values equal in all invokes."""
+    if any(v is _MISSING for v in values):
+        raise TypeError(f"The {name} is given in some invokes but not in others: give it in every invoke "
+                        f"(or in none), since all invokes run as one batch.")
+    if all(isinstance(v, torch.Tensor) for v in values):
         return torch.cat(values)
+    if any(isinstance(v, torch.Tensor) for v in values) or any(not _same(v, values[0]) for v in values):
+        raise TypeError(f"The invokes give different values for the {name}; all invokes run as one "
+                        f"batch, so non-tensor inputs must be equal (run them in separate traces).")
     return values[0]
 
 
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
 def _signature(value: Any) -> Any:
-    leaves: list[Any] = []
-    map_nested(value, lambda v: leaves.append(
-        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else repr(v)))
-    return tuple(leaves)
+    return tuple((tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else repr(v)
+                 for v in leaves(value))

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..intervention.envoy import Envoy
-from ..intervention.tracer import Tracer
-from ..tracing.contexts import suspended
+from ..intervention.trace import Trace
+from ..tracing.local import suspended
 from . import tokens
-from .base import NNsight, batch_slices
+from .base import NNsight, backend_for, batch_slices
+
+__all__ = ["LanguageModel", "WrapperModule"]
 
 if TYPE_CHECKING:  # transformers is imported on first use: `import nnglass` stays fast
     from transformers import PreTrainedModel
@@ -44,8 +46,9 @@ class LanguageModel(NNsight):
         self._automodel = automodel or _auto_causal_lm()
         self._load_kwargs = kwargs
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
-        module.generator = WrapperModule()
+        self._generator = WrapperModule()  # ours, not added to the user's model
         super().__init__(module, rename)
+        self._mount_generator()
         self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
         self._dispatched = loaded
         source = self._source or _local_checkpoint(module)
@@ -70,12 +73,21 @@ class LanguageModel(NNsight):
             return
         with suspended():  # loading may happen inside a session: its torch calls are not graph nodes
             module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
-        module.generator = WrapperModule()
         self._model = module
         self._modules_by_path = dict(module.named_modules())
+        self._mount_generator()
         _repoint(self, self._modules_by_path)
         self._scans.clear()
         self._dispatched = True
+
+    def _mount_generator(self) -> None:
+        """`model.generator`: a hook point for the generated ids, next to the model's own modules."""
+        self._modules_by_path["generator"] = self._generator
+        self._children["generator"] = Envoy(self._generator, "generator")
+
+    def __repr__(self) -> str:
+        """The model's module tree, with the generator at the end (as nnsight prints it)."""
+        return repr(self._model)[:-1] + f"  (generator): {self._generator!r}\n)"
 
     # -- running ------------------------------------------------------------------------------------
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
@@ -94,10 +106,10 @@ class LanguageModel(NNsight):
         return self._run("_generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
                          invoker_args=invoker_args, remote=remote)
 
-    def scan(self, *inputs: Any, **kwargs: Any) -> Tracer:
+    def scan(self, *inputs: Any, **kwargs: Any) -> Trace:
         """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
         invoke_kwargs, call_kwargs = _split(kwargs, "_execute")
-        return Tracer(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
+        return Trace(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
 
     def edit(self, inplace: bool = False) -> Any:
         """`with model.edit() as edited:` as for NNsight; loads the weights first, so copies share them."""
@@ -109,8 +121,8 @@ class LanguageModel(NNsight):
         invoke_kwargs, call_kwargs = _split(kwargs, method)
         if not remote:
             self.dispatch()
-        tracer = Tracer(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs, remote=remote,
-                        **options)
+        tracer = Trace(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs,
+                       backend=backend_for(remote), **options)
         if trace:
             return tracer
         with tracer:
@@ -140,6 +152,15 @@ class LanguageModel(NNsight):
         batch = {key: torch.cat([p[key] for p in padded]) for key in tokens.INPUT_KEYS}  # [total, width]
         return (), batch, *batch_slices([size for _, _, size in prepared])
 
+    def _batch_factors(self, method: str, call_kwargs: dict) -> frozenset[int]:
+        """Row copies `generate` makes: beams and return sequences (each row's copies sit together)."""
+        if method != "_generate":
+            return frozenset({1})
+        config = getattr(self._model, "generation_config", None)
+        beams = call_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+        sequences = call_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+        return frozenset({1, beams, sequences, beams * sequences})
+
     def _execute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
         """One forward pass; position ids count real tokens, so a padded prompt sees what it sees alone."""
         inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask)
@@ -152,7 +173,7 @@ class LanguageModel(NNsight):
         kwargs.setdefault("pad_token_id", self._pad_id)
         output = self._model.generate(**self._on_device(input_ids=input_ids, attention_mask=attention_mask),
                                       **kwargs)
-        return self._model.generator(output)
+        return self._generator(output)
 
     # -- helpers ------------------------------------------------------------------------------------------
     @property

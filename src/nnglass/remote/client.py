@@ -42,7 +42,7 @@ def execute_remote(context: Any, *, host: Optional[str] = None, api_key: Optiona
     """
     _show_status_lines()
     data = serialize.request(context)
-    data["model"] = serialize.remote_name(context.model)
+    data["model"] = serialize.remote_name(getattr(context.model, "_remote_name", None))
     server = Connection(host, api_key, http)
     job_id = server.submit(data)
     server.follow(job_id)
@@ -57,6 +57,13 @@ def _show_status_lines() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(_FORMAT))
         logger.addHandler(handler)
+
+
+class RemoteBackend:
+    """Runs a recorded trace or session on the server (`remote=True`)."""
+
+    def run(self, recorder: Any) -> None:
+        execute_remote(recorder)
 
 
 _clients: dict[str, httpx.Client] = {}

@@ -71,20 +71,12 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class OwnerSpec(_Wire):
-    """What runs a graph: a trace of a hosted model, a session or a loop."""
+class MetaSpec(_Wire):
+    """What runs a graph: for a trace, its hosted model, run method and the method's keywords."""
 
-    kind: Literal["trace", "session", "loop"]
     model: Optional[str] = None
     method: Optional[str] = None
     call_kwargs: Any = None
-    invokes: Optional[int] = None
-
-    @model_validator(mode="after")
-    def _trace_fields(self) -> OwnerSpec:
-        if self.kind == "trace" and (self.model is None or self.method is None or self.invokes is None):
-            raise ValueError("a trace needs its model, method and number of invokes")
-        return self
 
 
 class NodeSpec(_Wire):
@@ -94,7 +86,7 @@ class NodeSpec(_Wire):
     target: Any = None
     args: Any
     kwargs: Any
-    deps: list[tuple[int, int]]
+    deps: list[int]
     invoke: Optional[int] = None
     saved: bool = False
     where: Optional[tuple[str, int]] = None
@@ -104,9 +96,18 @@ class GraphSpec(_Wire):
     """One graph (a trace, session or loop body) on the wire."""
 
     parent: Optional[int]
-    sequential: bool
-    owner: OwnerSpec
+    kind: Literal["trace", "session", "loop"]
+    meta: MetaSpec
+    owner: Optional[tuple[int, int]] = None
+    free: list[tuple[int, int]] = []
+    exports: list[tuple[int, int]] = []
     nodes: list[NodeSpec]
+
+    @model_validator(mode="after")
+    def _trace_fields(self) -> GraphSpec:
+        if self.kind == "trace" and (self.meta.model is None or self.meta.method is None):
+            raise ValueError("a trace needs its model and method")
+        return self
 
 
 class RequestSpec(_Wire):
@@ -121,4 +122,4 @@ class RequestSpec(_Wire):
 
     def traced_models(self) -> set[str]:
         """The model names that the request's traces run on (its own queue's model included)."""
-        return {self.model} | {g.owner.model for g in self.graphs if g.owner.kind == "trace" and g.owner.model}
+        return {self.model} | {g.meta.model for g in self.graphs if g.kind == "trace" and g.meta.model}

@@ -4,79 +4,78 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .. import __version__
-from ..intervention.tracer import Tracer
+from ..intervention.backend import run_experiment
 from ..tracing.graph import Graph
 from ..tracing.node import Node, location
+from ..tracing.patching import originals
 from . import allowlist
 from .allowlist import WireError
 from .values import Decoder, Encoder
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 _MODULE_OPS = ("output", "inputs", "call_module")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
-              "backward", "log", "cond", "stop", "exit", "item", "trace", "iter"} | set(_MODULE_OPS)
+              "backward", "log", "cond", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
+_KINDS = ("trace", "session", "loop")
+_METHODS = ("_execute", "_generate")
 
 
 # -- client side: a trace or session -> request -----------------------------------------------------
-def request(context: Any) -> dict:
+def request(recorder: Any) -> dict:
     """The JSON request for a finished trace or session (refuses what the server may not run)."""
-    graphs = context.graph.walk()
-    ids = {id(g): i for i, g in enumerate(graphs)}
-    encode = Encoder(ref=lambda node: {"$node": [ids[id(node.graph)], node.index]})
-    body = {
-        "nnglass": __version__,
-        "wire": WIRE_VERSION,
-        "graphs": [_encode_graph(g, ids, encode) for g in graphs],
-    }
-    if isinstance(context, Tracer):
-        body["inputs"] = encode(tuple(inv.raw for inv in context.invokers))
+    graphs = recorder.experiment.graphs
+    encode = Encoder(ref=_ref)
+    body = {"nnglass": __version__, "wire": WIRE_VERSION,
+            "graphs": [_encode_graph(g, encode) for g in graphs]}
     body["tensors"] = encode.blob()
     return body
 
 
-def _encode_graph(graph: Graph, ids: dict, encode: Encoder) -> dict:
+def _ref(node: Node) -> dict:
+    return {"$node": [node.graph.id, node.index]}
+
+
+def _encode_graph(graph: Graph, encode: Encoder) -> dict:
+    meta = dict(graph.meta)
+    if graph.kind == "trace":
+        meta["model"] = remote_name(meta.get("model"))
+    if "call_kwargs" in meta:
+        meta["call_kwargs"] = encode(meta["call_kwargs"])
     return {
-        "parent": None if graph.parent is None else ids[id(graph.parent)],
-        "sequential": graph.sequential,
-        "owner": _encode_owner(graph.owner, encode),
-        "nodes": [_encode_node(node, ids, encode) for node in graph.nodes],
+        "parent": None if graph.parent is None else graph.parent.id,
+        "kind": graph.kind,
+        "meta": meta,
+        "owner": None if graph.owner is None else [graph.owner.graph.id, graph.owner.index],
+        "free": [[n.graph.id, n.index] for n in graph.free],
+        "exports": [[n.graph.id, n.index] for n in graph.exports],
+        "nodes": [_encode_node(node, encode) for node in graph.nodes],
     }
 
 
-def _encode_owner(owner: Any, encode: Encoder) -> dict:
-    if isinstance(owner, Tracer):
-        return {"kind": "trace", "model": remote_name(owner.model), "method": owner.method,
-                "call_kwargs": encode(owner.call_kwargs), "invokes": len(owner.invokers)}
-    return {"kind": "loop" if owner.__class__.__name__ == "Iterator" else "session"}
-
-
-def _encode_node(node: Node, ids: dict, encode: Encoder) -> dict:
+def _encode_node(node: Node, encode: Encoder) -> dict:
     return {
         "op": node.op,
-        "target": _encode_target(node, ids),
+        "target": _encode_target(node),
         "args": encode(node.args),
         "kwargs": encode(node.kwargs),
-        "deps": [[ids[id(d.graph)], d.index] for d in node.deps],
+        "deps": [d.index for d in node.deps],
         "invoke": node.invoke,
         "saved": node.saved,
         "where": list(location(node.where)) if node.where else None,
     }
 
 
-def _encode_target(node: Node, ids: dict) -> Any:
+def _encode_target(node: Node) -> Any:
     if node.op == "call_function":
-        return allowlist.name_of(node.target)
+        return allowlist.name_of(originals().get(node.target, node.target))
     if node.op in ("getattr", "setattr", "call_method"):
         return allowlist.attribute(node.target)
-    if node.op in ("trace", "iter"):
-        return ids[id(node.target.graph if node.op == "trace" else node.target)]
     return node.target
 
 
-def remote_name(model: Any) -> str:
+def remote_name(name: Any) -> str:
     """The name a model is hosted under; only named models can run remotely."""
-    name = getattr(model, "_remote_name", None)
-    if name is None:
+    if not isinstance(name, str):
         raise WireError("This model has no name a server could host it under: build it from a repo id "
                         "or with nnglass.models.smollm2() to run it remotely.")
     return name
@@ -91,78 +90,101 @@ class Job:
         self.models = models
         self.decode = Decoder(data.get("tensors", ""), ref=self._node)
         self.graphs: list[Graph] = []
-        self.nodes: list[list[Node]] = []
-        self._shells(data["graphs"])
-        self._fill(data["graphs"])
-        self.inputs = self.decode(data["inputs"]) if "inputs" in data else None
+        self.results: dict[Node, Any] = {}
+        specs = data["graphs"]
+        if not isinstance(specs, list) or not specs:
+            raise WireError("a request needs at least one graph")
+        self._shells(specs)
+        for graph, spec in zip(self.graphs, specs):
+            self._fill(graph, spec)
 
     def _node(self, ref: Any) -> Node:
         try:
             g, i = ref
-            return self.nodes[g][i]
+            return self.graphs[int(g)].nodes[int(i)]
         except (TypeError, ValueError, IndexError) as error:
             raise WireError(f"bad node reference {ref!r:.40}") from error
 
-    def _shells(self, graphs: list[dict]) -> None:
+    def _shells(self, specs: list[dict]) -> None:
         """Create every graph and node first, so references can point anywhere."""
-        for spec in graphs:
-            parent = spec["parent"]
-            if parent is not None and not 0 <= parent < len(self.graphs):
+        for spec in specs:
+            parent = spec.get("parent")
+            if parent is not None and not (type(parent) is int and 0 <= parent < len(self.graphs)):
                 raise WireError("a graph's parent must come before it")
-            graph = Graph(parent=None if parent is None else self.graphs[parent], sequential=bool(spec["sequential"]))
-            graph.building = False
+            kind = spec.get("kind")
+            if kind not in _KINDS or (kind == "loop" and parent is None) or (parent is None) != (not self.graphs):
+                raise WireError(f"bad graph kind {kind!r:.20} (the first graph is the only one without a parent)")
+            graph = Graph(len(self.graphs), None if parent is None else self.graphs[parent], kind, {})
             self.graphs.append(graph)
-            self.nodes.append([_shell(graph, n) for n in spec["nodes"]])
+            for node_spec in spec["nodes"]:
+                _shell(graph, node_spec)
 
-    def _fill(self, graphs: list[dict]) -> None:
-        """Restore each trace's tracer, then every node's target, args and dependencies."""
-        for graph, spec in zip(self.graphs, graphs):
-            owner = spec["owner"]
-            if owner.get("kind") == "trace":
-                model = self.models(owner["model"])
-                graph.owner = Tracer.restore(model, graph, int(owner["invokes"]), _method(owner["method"]),
-                                             self.decode(owner["call_kwargs"]))
-        for graph, spec in zip(self.graphs, graphs):
-            for node, node_spec in zip(graph.nodes, spec["nodes"]):
-                self._fill_node(node, node_spec)
+    def _fill(self, graph: Graph, spec: dict) -> None:
+        """Restore a graph's meta, links and every node's target, args and dependencies."""
+        graph.meta = self._meta(graph, spec.get("meta") or {})
+        owner = spec.get("owner")
+        graph.owner = None if owner is None else self._node(owner)
+        graph.free = {self._node(ref) for ref in spec.get("free", ())}
+        graph.exports = {self._node(ref) for ref in spec.get("exports", ())}
+        for node, node_spec in zip(graph.nodes, spec["nodes"]):
+            self._fill_node(graph, node, node_spec)
 
-    def _fill_node(self, node: Node, spec: dict) -> None:
+    def _meta(self, graph: Graph, meta: dict) -> dict:
+        if graph.kind == "session" and isinstance(meta.get("model"), str):
+            return {"model": self.models(meta["model"])}
+        if graph.kind != "trace":
+            return {}
+        method = meta.get("method", "_execute")
+        if method not in _METHODS:
+            raise WireError(f"unknown run method {method!r:.40}")
+        model = self.models(remote_name(meta.get("model")))
+        call_kwargs = self.decode(meta.get("call_kwargs", {"$dict": []}))
+        if not isinstance(call_kwargs, dict):
+            raise WireError("call_kwargs must be a dict")
+        return {"model": model, "method": method, "call_kwargs": call_kwargs}
+
+    def _fill_node(self, graph: Graph, node: Node, spec: dict) -> None:
         node.args = self.decode(spec["args"])
         node.kwargs = self.decode(spec["kwargs"])
         if type(node.args) is not tuple or type(node.kwargs) is not dict:
             raise WireError(f"node {node.name}: args must be a tuple and kwargs a dict")
         node.nested = True
-        node.target = self._target(node, spec["target"])
-        node.deps = [self._node(ref) for ref in spec["deps"]]
-        for dep in node.deps:
-            dep.users.append(node)
+        node.target = self._target(graph, node, spec["target"])
+        for index in spec["deps"]:
+            if not (type(index) is int and 0 <= index < len(graph.nodes)):
+                raise WireError(f"node {node.name}: bad dependency {index!r:.20}")
+            graph.depend(node, graph.nodes[index])
 
-    def _target(self, node: Node, target: Any) -> Any:
+    def _target(self, graph: Graph, node: Node, target: Any) -> Any:
         op = node.op
         if op == "call_function":
             return allowlist.function(target)
         if op in ("getattr", "setattr", "call_method"):
             return allowlist.attribute(target)
         if op in ("trace", "iter"):
-            graph = self.graphs[int(target)]
-            return graph.owner if op == "trace" else graph
+            if not (type(target) is int and 0 <= target < len(self.graphs)) or self.graphs[target].parent is not graph:
+                raise WireError(f"node {node.name}: bad subgraph {target!r:.20}")
+            return target
         if op in _MODULE_OPS:
-            return _module_path(node, target)
+            return _module_path(graph, node, target)
+        if op == "invoke":
+            if type(target) is not int:
+                raise WireError(f"node {node.name}: bad invoke {target!r:.20}")
+            return target
         if target is not None and not isinstance(target, str):
             raise WireError(f"node {node.name}: unexpected target")
         return target
 
-    def run(self) -> Any:
+    def run(self) -> None:
         """Run the request: a trace on its model, or a session in order."""
-        from ..intervention.session import run_session
         root = self.graphs[0]
-        if isinstance(root.owner, Tracer):
-            return root.owner.execute(self.inputs)
-        return run_session(root)
+        model = root.meta.get("model")
+        modules = None if model is None else model._modules_by_path
+        run_experiment(root, self.graphs, self.results, lambda graph: graph.meta["model"], modules)
 
-    def results(self) -> dict:
+    def encoded_results(self) -> dict:
         """The saved values, encoded for the way back."""
-        return results(self.graphs[0])
+        return results(self.results)
 
 
 def _shell(graph: Graph, spec: dict) -> Node:
@@ -170,24 +192,23 @@ def _shell(graph: Graph, spec: dict) -> Node:
     if op not in _PLAIN_OPS:
         raise WireError(f"unknown node op {op!r:.40}")
     where = spec.get("where")
-    node = Node(op, None, (), {}, graph, [], True,
-                (str(where[0]), int(where[1])) if where else None, spec.get("invoke"))
+    invoke = spec.get("invoke")
+    if invoke is not None and type(invoke) is not int:
+        raise WireError("a node's invoke must be an integer")
+    node = graph.create_node(op, None, (), {}, [], True,
+                             (str(where[0]), int(where[1])) if where else None, invoke)
     node.saved = bool(spec.get("saved"))
-    graph.nodes.append(node)
     return node
 
 
-def _method(name: str) -> str:
-    if name not in ("_execute", "_generate"):
-        raise WireError(f"unknown run method {name!r:.40}")
-    return name
-
-
-def _module_path(node: Node, path: Any) -> str:
-    graph = node.graph
-    while graph is not None and not isinstance(graph.owner, Tracer):
-        graph = graph.parent
-    if graph is None or not isinstance(path, str) or path not in graph.owner.model._modules_by_path:
+def _module_path(graph: Graph, node: Node, path: Any) -> str:
+    trace = graph
+    while trace is not None and trace.kind != "trace":
+        trace = trace.parent
+    model = None if trace is None else trace.meta.get("model")
+    if model is None:
+        return path if isinstance(path, str) else ""
+    if not isinstance(path, str) or path not in model._modules_by_path:
         raise WireError(f"node {node.name}: the model has no module {path!r:.80}")
     return path
 
@@ -201,20 +222,16 @@ def check_version(data: dict) -> None:
 
 
 # -- both sides: saved values ---------------------------------------------------------------------
-def results(root: Graph) -> dict:
-    """The saved values of every graph under root, by [graph, node] position."""
+def results(saved: dict) -> dict:
+    """Saved values by [graph, node] position."""
     encode = Encoder()
-    values = []
-    for g, graph in enumerate(root.walk()):
-        for node in graph.nodes:
-            if node.saved and node.value.__class__.__name__ != "_Empty":
-                values.append([g, node.index, encode(node.value)])
+    values = [[node.graph.id, node.index, encode(value)] for node, value in saved.items()]
     return {"values": values, "tensors": encode.blob()}
 
 
-def apply_results(context: Any, data: dict) -> None:
+def apply_results(recorder: Any, data: dict) -> None:
     """Give the client's saved proxies the values the server computed."""
-    graphs = context.graph.walk()
+    experiment = recorder.experiment
     decode = Decoder(data.get("tensors", ""))
     for g, index, value in data["values"]:
-        graphs[g].nodes[index].value = decode(value)
+        experiment.results[experiment.graphs[g].nodes[index]] = decode(value)

@@ -9,7 +9,7 @@ import threading
 from typing import Iterator, Optional
 
 from ..remote.schema import JobStatus
-from ..tracing import contexts
+from ..tracing import local
 from ..tracing.node import location
 from .jobs import JobRecord
 
@@ -104,12 +104,12 @@ class _Run:
 
     def _main(self) -> None:
         record = self.record
-        contexts.set_log_handler(lambda text: record.post(JobStatus.LOG, text))
+        local.set_log_handler(lambda text: record.post(JobStatus.LOG, text))
         try:
             try:
                 request = record.request
                 request.run()
-                result = json.dumps(request.results(), separators=(",", ":")).encode()
+                result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
             finally:
                 with self.lock:
                     self.finished = True

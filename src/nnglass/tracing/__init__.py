@@ -1,1 +1,1 @@
-"""Generic graph machinery: nodes, graphs, proxies, the executor. Knows nothing about nn.Module."""
+"""Generic graph machinery: nodes, graphs, proxies, the recorder and the interpreter. Knows nothing about nn.Module."""

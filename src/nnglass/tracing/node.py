@@ -4,30 +4,18 @@ from __future__ import annotations
 import linecache
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import einops
 import torch
 
-
-class _Empty:
-    """Marks a node value that is not set (never computed, or freed)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "EMPTY"
-
-
-EMPTY = _Empty()
+__all__ = ["Node", "user_line", "location", "describe_line"]
 
 # Frames from these folders are skipped when we look for the user's line.
 _LIBRARY_DIRS = tuple(
     os.path.dirname(m.__file__) + os.sep
     for m in (sys.modules["nnglass"], torch, einops)
 ) + (os.path.dirname(os.__file__) + os.sep + "contextlib.py",)
-
-
 _is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
 
 
@@ -37,7 +25,7 @@ def user_line() -> tuple[Any, int]:
     The line number is worked out only when needed (`location`): a frame's f_lineno costs time
     proportional to the size of its code, which is large for a long script or notebook cell.
     """
-    frame = sys._getframe(3)  # 0: here, 1: Graph.add, 2: the nnglass code that called it, 3: its caller
+    frame = sys._getframe(2)
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
         skip = _is_library.get(filename)
@@ -67,68 +55,37 @@ def describe_line(where: tuple | None) -> str:
     return f"{filename}:{lineno}" + (f": {source}" if source else "")
 
 
-def map_nested(value: Any, fn: Callable[[Any], Any]) -> Any:
-    """Apply fn to every leaf of nested tuples, lists, dicts and slices."""
-    kind = type(value)
-    if kind is tuple or kind is list:
-        return kind(map_nested(v, fn) for v in value)
-    if kind is dict:
-        return {k: map_nested(v, fn) for k, v in value.items()}
-    if kind is slice:
-        return slice(map_nested(value.start, fn), map_nested(value.stop, fn), map_nested(value.step, fn))
-    return fn(value)
-
-
 class Node:
-    """One operation: `op` names the executor method, `target` what it calls or reads."""
+    """One operation: `op` names the interpreter method, `target` what it calls or reads.
 
-    __slots__ = (
-        "op", "target", "args", "kwargs", "graph", "index", "deps", "users", "where",
-        "invoke", "saved", "nested", "value", "remaining", "uses_left", "state",
-    )
+    `deps` are the nodes of the same graph this one waits for (its arguments, an open condition,
+    a subgraph's outer values); `users` the nodes of the same graph that wait for it. Arguments may
+    also name nodes of enclosing graphs (their values are in the env when this graph runs).
+    """
 
-    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, graph: Any,
-                 deps: list[Node], nested: bool, where: tuple[str, int] | None,
-                 invoke: int | None) -> None:
+    __slots__ = ("op", "target", "args", "kwargs", "graph", "index", "deps", "users", "where",
+                 "invoke", "saved", "nested")
+
+    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, graph: Any, index: int,
+                 deps: list[Node], nested: bool, where: Any, invoke: int | None) -> None:
         self.op = op
         self.target = target
         self.args = args
         self.kwargs = kwargs
         self.graph = graph
-        self.index = len(graph.nodes)
-        self.deps = deps          # distinct nodes this one waits for
+        self.index = index
+        self.deps = deps
         self.users: list[Node] = []
         self.where = where
         self.invoke = invoke
         self.saved = False
-        self.nested = nested      # args hold containers that must be walked to resolve
-        self.value: Any = EMPTY
-        self.state = 0            # PENDING, DONE or SKIPPED, during a run
-        # set when a run starts: remaining (deps not yet done), uses_left (users not yet done;
-        # the value is freed at 0)
+        self.nested = nested  # args or kwargs hold containers with nodes inside
 
     @property
     def name(self) -> str:
         """A readable id, e.g. `call_function_3`."""
         return f"{self.op}_{self.index}"
 
-    def resolve_args(self) -> tuple[tuple, dict]:
-        """Args and kwargs with every dependency replaced by its value."""
-        if self.nested:
-            return map_nested(self.args, _value_of), map_nested(self.kwargs, _value_of)
-        args = tuple(a.value if type(a) is Node else a for a in self.args)
-        return args, self.kwargs
-
     def __repr__(self) -> str:
-        return f"Node({self.name}, target={_target_name(self.target)})"
-
-
-def _value_of(value: Any) -> Any:
-    return value.value if type(value) is Node else value
-
-
-def _target_name(target: Any) -> str:
-    return getattr(target, "__qualname__", None) or repr(target)
-
-
-PENDING, DONE, SKIPPED = 0, 1, 2
+        target = getattr(self.target, "__qualname__", None) or repr(self.target)
+        return f"Node({self.name}, target={target})"

@@ -1,15 +1,14 @@
-"""Proxy: a thin handle (node, graph) on a value that exists only once the model runs."""
+"""Proxy: a handle on a node's value, which exists only once the graph runs."""
 from __future__ import annotations
 
 import operator
 from typing import Any
 
-from .node import EMPTY, Node, map_nested
+from .errors import TraceError
+from .node import Node
+from .walk import leaves, map_leaves
 
-
-class TraceError(Exception):
-    """Misuse of a proxy while the trace is being built."""
-
+__all__ = ["Proxy", "Attribute", "value_of"]
 
 _NOT_RUN = (" Nothing has run yet: values exist once the outermost `with` block (trace or "
             "session) has ended, and only for proxies marked with .save().")
@@ -19,26 +18,27 @@ _NO_ITER = ("A proxy cannot be iterated while the trace is being built: its valu
             "when the model runs. Use `with session.iter(proxy) as item:` to loop over it.")
 _NO_LEN = ("A proxy has no len() while the trace is being built. Use `proxy.shape[0]` "
            "(known while tracing) or loop with `with session.iter(proxy) as item:`.")
+_MISSING = object()
 
 
 class Proxy:
-    """Stands for a node's value: operations on it record new nodes while the graph is open."""
+    """Stands for a node's value: operations on it record new nodes while its experiment records."""
 
-    __slots__ = ("node", "graph")
+    __slots__ = ("node", "experiment")
 
-    def __new__(cls, node: Node, graph: Any) -> Proxy:
+    def __new__(cls, node: Node, experiment: Any) -> Proxy:
         self = object.__new__(cls)
         _set_node(self, node)
-        _set_graph(self, graph)
+        _set_experiment(self, experiment)
         return self
 
     # -- the value -------------------------------------------------------------------------
     @property
     def value(self) -> Any:
         """The node's value; raises if it was never set or not saved."""
-        value = self.node.value
-        if value is EMPTY:
-            hint = _NOT_RUN if self.graph.building else ""
+        value = self.experiment.results.get(self.node, _MISSING)
+        if value is _MISSING:
+            hint = _NOT_RUN if self.experiment.building else ""
             raise ValueError("Accessing value before it's been set." + hint)
         return value
 
@@ -49,40 +49,49 @@ class Proxy:
 
     def stop(self) -> None:
         """Stop the model's forward pass as soon as this value exists."""
-        self.graph.add("stop", None, (self,))
+        self.experiment.recorder.create("stop", None, (self,))
 
-    # -- shape information from the fake-tensor pass ----------------------------------------
+    # -- shape information from the fake pass -----------------------------------------------
     @property
     def shape(self) -> Any:
-        return self.graph.owner.fake(self.node).shape if self.graph.building else self.value.shape
+        return self._described("shape")
 
     @property
     def dtype(self) -> Any:
-        return self.graph.owner.fake(self.node).dtype if self.graph.building else self.value.dtype
+        return self._described("dtype")
 
     @property
     def device(self) -> Any:
-        return self.graph.owner.fake(self.node).device if self.graph.building else self.value.device
+        return self._described("device")
 
     @property
     def ndim(self) -> int:
-        return self.graph.owner.fake(self.node).ndim if self.graph.building else self.value.ndim
+        return self._described("ndim")
+
+    def _described(self, name: str) -> Any:
+        """An attribute of the value (while recording: of its fake value); never an AttributeError."""
+        try:
+            if self.experiment.building:
+                return self.experiment.recorder.describe(self.node, name)
+            return getattr(self.value, name)
+        except AttributeError as error:
+            raise TraceError(f"This value has no `.{name}` ({error}).") from None
 
     # -- gradients ----------------------------------------------------------------------------
     @property
-    def grad(self) -> Proxy:
+    def grad(self) -> Any:
         """The gradient flowing back into this value (read or edit)."""
-        if not self.graph.building:
+        if not self.experiment.building:
             return self.value.grad
-        return self.graph.owner.grad_of(self)
+        return self.experiment.recorder.grad_of(self)
 
     @grad.setter
     def grad(self, value: Any) -> None:
-        self.graph.owner.set_grad(self, value)
+        self.experiment.recorder.set_grad(self, value)
 
     # -- attributes, calls, items -------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if not self.graph.building:
+        if not self.experiment.building:
             return getattr(self.value, name)
         if name.startswith("__"):
             raise AttributeError(name)
@@ -91,42 +100,42 @@ class Proxy:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "grad":
             object.__setattr__(self, name, value)
-        elif self.graph.building:
-            self.graph.add("setattr", name, (self, value))
+        elif self.experiment.building:
+            self.experiment.recorder.create("setattr", name, (self, value))
         else:
-            setattr(self.value, name, value)
+            setattr(self.value, name, value_of(value))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if self.graph.building:
-            self.graph.add("call_function", operator.setitem, (self, key, value))
+        if self.experiment.building:
+            self.experiment.recorder.create("call_function", operator.setitem, (self, key, value))
         else:
-            self.value[_value(key)] = _value(value)
+            self.value[value_of(key)] = value_of(value)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.graph.building:
-            return self.graph.proxy("call_function", operator.call, (self, *args), kwargs)
-        return self.value(*map_nested(args, _value), **map_nested(kwargs, _value))
+        if self.experiment.building:
+            return self.experiment.recorder.proxy("call_function", operator.call, (self, *args), kwargs)
+        return self.value(*map_leaves(args, value_of), **map_leaves(kwargs, value_of))
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        graph = _graph_in((args, kwargs))
-        if graph.building:
-            return graph.proxy("call_function", func, args, kwargs)
-        return func(*map_nested(args, _value), **map_nested(kwargs or {}, _value))
+        recorder = recording_in((args, kwargs))
+        if recorder is not None:
+            return recorder.proxy("call_function", func, args, kwargs)
+        return func(*map_leaves(args, value_of), **map_leaves(kwargs or {}, value_of))
 
     # -- what cannot be traced ----------------------------------------------------------------
     def __bool__(self) -> bool:
-        if self.graph.building:
+        if self.experiment.building:
             raise TraceError(_NO_BOOL)
         return bool(self.value)
 
     def __iter__(self) -> Any:
-        if self.graph.building:
+        if self.experiment.building:
             raise TraceError(_NO_ITER)
         return iter(self.value)
 
     def __len__(self) -> int:
-        if self.graph.building:
+        if self.experiment.building:
             raise TraceError(_NO_LEN)
         return len(self.value)
 
@@ -134,18 +143,18 @@ class Proxy:
     def __enter__(self) -> Proxy:
         if self.node.op != "backward":
             raise TraceError("Only `proxy.backward()` can be used in a `with` statement.")
-        self.graph.backward = self.node
+        self.experiment.recorder.open_backward(self.node)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.graph.backward = None
+        self.experiment.recorder.open_backward(None)
 
     # -- printing ---------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"Proxy({self.node.name})" if self.graph.building else repr(self.value)
+        return f"Proxy({self.node.name})" if self.experiment.building else repr(self.value)
 
     def __str__(self) -> str:
-        return f"Proxy({self.node.name})" if self.graph.building else str(self.value)
+        return f"Proxy({self.node.name})" if self.experiment.building else str(self.value)
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
@@ -154,7 +163,7 @@ class Proxy:
 
 
 _set_node = Proxy.__dict__["node"].__set__    # slot setters: Proxy overrides __setattr__
-_set_graph = Proxy.__dict__["graph"].__set__
+_set_experiment = Proxy.__dict__["experiment"].__set__
 
 
 class Attribute(Proxy):
@@ -167,54 +176,57 @@ class Attribute(Proxy):
         object.__setattr__(self, "parent", parent)
         object.__setattr__(self, "attr", name)
         object.__setattr__(self, "_node", None)
-        _set_graph(self, parent.graph)
+        _set_experiment(self, parent.experiment)
         return self
 
     @property
     def node(self) -> Node:  # type: ignore[override]
         if self._node is None:
-            object.__setattr__(self, "_node", self.graph.add("getattr", self.attr, (self.parent,)))
+            object.__setattr__(self, "_node", self.experiment.recorder.create("getattr", self.attr, (self.parent,)))
         return self._node
 
     def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
-        if self.attr == "backward":
-            return self.graph.proxy("backward", None, (self.parent, *args), kwargs)
-        return self.graph.proxy("call_method", self.attr, (self.parent, *args), kwargs)
+        op = "backward" if self.attr == "backward" else "call_method"
+        target = None if op == "backward" else self.attr
+        return self.experiment.recorder.proxy(op, target, (self.parent, *args), kwargs)
 
 
-def _value(value: Any) -> Any:
+def value_of(value: Any) -> Any:
+    """A proxy's value (for a finished experiment), anything else unchanged."""
     return value.value if isinstance(value, Proxy) else value
 
 
-def _graph_in(value: Any) -> Any:
-    found: list[Any] = []
-    map_nested(value, lambda v: found.append(v.graph) if isinstance(v, Proxy) else None)
-    return found[0]
+def recording_in(value: Any) -> Any:
+    """The recorder of the first proxy in value whose experiment is still recording, else None."""
+    for leaf in leaves(value):
+        if isinstance(leaf, Proxy) and leaf.experiment.building:
+            return leaf.experiment.recorder
+    return None
 
 
 def _binary(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
-        if self.graph.building:
-            node = self.graph.add("call_function", fn, (self, other))
-            return Proxy(node, node.graph)
-        return fn(self.value, _value(other))
+        experiment = self.experiment
+        if experiment.building:
+            return experiment.recorder.proxy("call_function", fn, (self, other))
+        return fn(self.value, value_of(other))
     return method
 
 
 def _reflected(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
-        if self.graph.building:
-            node = self.graph.add("call_function", fn, (other, self))
-            return Proxy(node, node.graph)
-        return fn(_value(other), self.value)
+        experiment = self.experiment
+        if experiment.building:
+            return experiment.recorder.proxy("call_function", fn, (other, self))
+        return fn(value_of(other), self.value)
     return method
 
 
 def _unary(fn: Any) -> Any:
     def method(self: Proxy) -> Any:
-        if self.graph.building:
-            node = self.graph.add("call_function", fn, (self,))
-            return Proxy(node, node.graph)
+        experiment = self.experiment
+        if experiment.building:
+            return experiment.recorder.proxy("call_function", fn, (self,))
         return fn(self.value)
     return method
 

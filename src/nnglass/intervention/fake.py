@@ -1,18 +1,24 @@
-"""Scan: shapes and dtypes of every value in a trace, from a forward pass on fake tensors."""
+"""Fake: shapes and dtypes of values in a trace, from one forward pass on fake tensors (scan, validate)."""
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..tracing.contexts import suspended
-from ..tracing.node import Node, map_nested
+from ..tracing.interpreter import Run
+from ..tracing.local import suspended
+from ..tracing.node import Node
+from ..tracing.walk import map_leaves
 from .interleaver import EVENTS, Interleaver
 
+__all__ = ["Fake", "record_forward", "ScanCache"]
 
-def record_forward(model: Any, args: tuple, kwargs: dict, mode: FakeTensorMode) -> dict:
-    """Run the model on fake copies of the inputs; record every module's inputs and output per call."""
+
+def record_forward(modules: dict[str, torch.nn.Module], forward: Any, args: tuple, kwargs: dict,
+                   mode: FakeTensorMode) -> dict:
+    """Run forward on fake copies of the inputs; record every module's inputs and output per call."""
     records: dict[tuple[str, str, int], Any] = {}
     calls: dict[tuple[str, str], int] = {}
 
@@ -21,27 +27,48 @@ def record_forward(model: Any, args: tuple, kwargs: dict, mode: FakeTensorMode) 
         records[(path, kind, call)] = value
 
     handles = []
-    for path, module in model._modules_by_path.items():
+    for path, module in modules.items():
         handles.append(module.register_forward_pre_hook(
             lambda m, a, k, path=path: keep(path, "inputs", (a, k)), with_kwargs=True))
         handles.append(module.register_forward_hook(lambda m, a, o, path=path: keep(path, "output", o)))
     try:
         with suspended(), mode:
-            fake = map_nested((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
-            model._execute(*fake[0], **fake[1])
+            fake = map_leaves((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
+            forward(*fake[0], **fake[1])
     finally:
         for handle in handles:
             handle.remove()
     return records
 
 
-class Scan(Interleaver):
-    """Evaluates graph nodes on fake values: the ops of the interleaver, without the model."""
+class ScanCache:
+    """Module records per input signature, the most recent `size` of them."""
 
-    def __init__(self, tracer: Any) -> None:
-        super().__init__(tracer.graph, tracer.model._modules_by_path, [], 0)
-        self.tracer = tracer
-        self.mode = tracer.model._fake_mode
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: collections.OrderedDict[Any, dict] = collections.OrderedDict()
+
+    def get(self, key: Any, make: Any) -> dict:
+        """The records for key, made with make() when missing."""
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        records = self.entries[key] = make()
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return records
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class Fake(Interleaver):
+    """Evaluates graph nodes on fake values: the ops of the interleaver, without running the model."""
+
+    def __init__(self, trace: Any) -> None:
+        super().__init__(trace.graph, Run(trace.experiment.graphs, {}), trace.model._modules_by_path)
+        self.trace = trace
+        self.mode = trace.model._fake_mode
         self.records: dict[int | None, dict] = {}
         self.values: dict[Node, Any] = {}
 
@@ -50,7 +77,7 @@ class Scan(Interleaver):
         order = self._missing(node)
         for item in order:  # module records first: preparing inputs must not see fake tensors
             if item.op in EVENTS:
-                self.prepare(item.invoke)
+                self.prepare_invoke(item.invoke)
         with suspended(), self.mode:
             for item in order:
                 self.values[item] = self._evaluate(item)
@@ -58,34 +85,36 @@ class Scan(Interleaver):
 
     def _missing(self, node: Node) -> list[Node]:
         order: list[Node] = []
-        stack, seen = [node], set()
-        while stack:
-            item = stack.pop()
+        todo, seen = [node], set()
+        while todo:
+            item = todo.pop()
             if item in self.values or item in seen:
                 continue
             seen.add(item)
             order.append(item)
-            stack.extend(item.deps)
+            todo.extend(dep for dep in item.deps if dep.graph is node.graph)
         return sorted(order, key=lambda n: n.index)
 
     def _evaluate(self, node: Node) -> Any:
         if node.op in EVENTS:
             return self._event(node)
         values = self.values
-        args = map_nested(node.args, lambda v: values[v] if type(v) is Node else v)
-        kwargs = map_nested(node.kwargs, lambda v: values[v] if type(v) is Node else v)
+        lookup = lambda v: values.get(v, v) if type(v) is Node else v  # noqa: E731
+        args, kwargs = map_leaves(node.args, lookup), map_leaves(node.kwargs, lookup)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
         return getattr(self, node.op)(node, *args, **kwargs)
 
-    def prepare(self, invoke: int | None) -> dict:
-        """The module records of one invoke's inputs (scanned once per input signature)."""
+    def prepare_invoke(self, invoke: int | None) -> dict:
+        """The module records of one invoke's inputs (or of the whole batch)."""
         records = self.records.get(invoke)
         if records is None:
-            args, kwargs = self.tracer.inputs_of(invoke)
-            records = self.records[invoke] = self.tracer.model._scan_records(args, kwargs)
+            args, kwargs = self.trace.inputs_of(invoke)
+            records = self.records[invoke] = self.trace.model._scan_records(args, kwargs)
         return records
 
     def _event(self, node: Node) -> Any:
-        records = self.prepare(node.invoke)
+        records = self.prepare_invoke(node.invoke)
         call = max(node.args[0], 0)
         if (node.target, node.op, call) not in records:
             raise ValueError(f"Module '{node.target}' was not called {call + 1} time(s) in the scan, "
@@ -106,4 +135,10 @@ class Scan(Interleaver):
         return True
 
     def stop(self, node: Node, *_: Any) -> None:
+        return None
+
+    def iter(self, node: Node, iterable: Any) -> None:
+        return None
+
+    def trace(self, node: Node, *_: Any) -> None:
         return None

@@ -1,0 +1,234 @@
+"""Trace and Invoker: the `with model.trace(...)` recorder, its batch slices and module events."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..tracing.contexts import Condition
+from ..tracing.errors import TraceError
+from ..tracing.graph import Graph
+from ..tracing.node import Node
+from ..tracing.proxy import Proxy
+from ..tracing.tracer import Tracer
+from ..tracing.walk import leaves, map_leaves
+from .backend import Backend, LocalBackend
+from .cache import Cache, put
+from .fake import Fake
+from .interleaver import ALL_CALLS
+
+__all__ = ["Trace", "Invoker"]
+
+
+class Invoker:
+    """`with tracer.invoke(input):` — a batch slice; the nodes made inside see only its rows."""
+
+    def __init__(self, trace: Trace, inputs: tuple, kwargs: dict) -> None:
+        self.trace = trace
+        self.raw = (inputs, kwargs)   # as the user gave them; may hold proxies
+        self.index: int | None = None
+        self._prepared: tuple | None = None
+        self._scope: Any = None
+
+    @property
+    def inputs(self) -> tuple[tuple, dict, int]:
+        """The model args, kwargs and batch size of this invoke."""
+        if self._prepared is None:
+            if any(isinstance(leaf, Proxy) for leaf in leaves(self.raw)):
+                raise TraceError("This invoke's input is a value of the trace: it exists only when the trace runs.")
+            self._prepared = self.trace.model._prepare_inputs(*self.raw[0], **self.raw[1])
+        return self._prepared
+
+    def __enter__(self) -> Invoker:
+        trace = self.trace
+        if trace.current_invoke is not None:
+            raise TraceError("Invokes cannot be nested: close one `with tracer.invoke(...)` before opening the next.")
+        if self.index is None:
+            self.index = len(trace.invokers)
+            trace.invokers.append(self)
+            trace.create("invoke", self.index, self.raw, guarded=False)
+        self._scope = trace.scope(current_invoke=self.index)
+        self._scope.__enter__()
+        if trace.scanning:
+            trace.fake().prepare_invoke(self.index)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._scope.__exit__(*exc)
+
+
+class Trace(Tracer):
+    """Records what the user writes on a model's proxies; runs the model with the graph at the end."""
+
+    kind = "trace"
+    nests = True
+
+    def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
+                 scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
+                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None,
+                 backend: Backend | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method                   # the model method that runs the batch
+        self.call_kwargs = call_kwargs or {}   # keywords for that method (e.g. generation settings)
+        self.backend = backend or LocalBackend()
+        self.invokers: list[Invoker] = []
+        self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
+        self.calls: dict[tuple, int] = {}      # (path, invoke) -> call index addressed by .output
+        self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward pass) -> latest gradient proxy
+        self.scanning = scan or validate
+        self.validate = validate
+        self.runs = run
+        self._fake: Fake | None = None
+        self.invoker: Invoker | None = None
+        if inputs or kwargs:
+            self.invoker = Invoker(self, inputs, {**(invoker_args or {}), **(kwargs or {})})
+
+    def meta(self) -> dict:
+        return {"model": getattr(self.model, "_remote_name", None), "method": self.method,
+                "call_kwargs": self.call_kwargs}
+
+    def begin(self) -> None:
+        self.experiment.owners[self.graph.id] = self
+        if self.validate:
+            self.checker = lambda node: self.fake().value(node)
+        for edit in getattr(self.model, "_edits", ()) if self.runs else ():
+            self.replay(edit)
+        if self.invoker is not None:
+            self.invoker.__enter__()
+
+    def end(self) -> None:
+        if self.invoker is not None:
+            self.invoker.__exit__(None, None, None)
+        if not self.runs:
+            return
+        if not self.invokers:
+            raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
+        if self.parent is None:
+            self.backend.run(self)
+
+    @property
+    def holds_traces(self) -> bool:
+        return False
+
+    def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
+        """The prepared model inputs of one invoke (or of all of them batched)."""
+        if invoke is None:
+            args, kwargs, _, _ = self.model._batch([inv.inputs for inv in self.invokers])
+            return args, kwargs
+        args, kwargs, _ = self.invokers[invoke].inputs
+        return args, kwargs
+
+    def replay(self, edit: Graph) -> None:
+        """Copy an edit's nodes into this trace (they apply to the whole batch, at every call)."""
+        copies: dict[Node, Node] = {}
+        remap = lambda v: copies.get(v, v) if type(v) is Node else v  # noqa: E731
+        for node in edit.nodes:
+            copy = self.graph.create_node(node.op, node.target, map_leaves(node.args, remap),
+                                          map_leaves(node.kwargs, remap), [copies[d] for d in node.deps],
+                                          node.nested, node.where, None)
+            copy.saved = node.saved
+            copies[node] = copy
+
+    def fake(self) -> Fake:
+        """The fake-value evaluator of this trace (made on first need)."""
+        if self._fake is None:
+            self._fake = Fake(self)
+        return self._fake
+
+    def describe(self, node: Node, name: str) -> Any:
+        """An attribute (shape, dtype, ...) of a node's fake value."""
+        return getattr(self.fake().value(node), name)
+
+    # -- what the user calls on the tracer ------------------------------------------------------------
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """A new batch slice for these inputs."""
+        return Invoker(self, inputs, kwargs)
+
+    def stop(self) -> None:
+        """Stop the model once every node defined above has run."""
+        node = self.create("stop", "barrier")
+        for earlier in self.graph.nodes[:-1]:
+            self.graph.depend(node, earlier)
+
+    def log(self, *values: Any) -> None:
+        """Print values when the graph runs."""
+        self.create("log", None, values)
+
+    def cond(self, condition: Any) -> Condition:
+        """`with tracer.cond(c):` runs the nodes made inside only if c holds."""
+        return Condition(self, condition)
+
+    def cache(self, modules: Any = None, include_inputs: bool = False) -> Proxy:
+        """A dict of module outputs (and inputs), keyed by original module path, filled as they run."""
+        envoys = self.model._envoys() if modules is None else modules
+        paths = [envoy if isinstance(envoy, str) else envoy._path for envoy in envoys]
+        store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path),))
+        for path in paths:
+            self.create("call_function", put, (store, path, "output", self.event(path, "output")))
+            if include_inputs:
+                self.create("call_function", put, (store, path, "inputs", self.event(path, "inputs")))
+        return store
+
+    @property
+    def result(self) -> Proxy:
+        """The output of the run: the model's output (for `generate`: the generated ids)."""
+        return self.event("generator" if self.method == "_generate" else "", "output")
+
+    def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Proxy:
+        """Add a call of any function to the graph."""
+        return self.proxy("call_function", fn, args, kwargs)
+
+    # -- module events (used by Envoy) ----------------------------------------------------------------
+    def event(self, path: str, kind: str) -> Proxy:
+        """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
+        call = self.calls.get((path, self.current_invoke), self.first_call)
+        key = (path, kind, call, self.current_invoke)
+        proxy = self.events.get(key)
+        if proxy is None:
+            if kind == "input":
+                inputs = self.event(path, "inputs")
+                proxy = Proxy(self.create("input", None, (inputs,), guarded=False), self.experiment)
+            else:
+                proxy = Proxy(self.create(kind, path, (call,), guarded=False), self.experiment)
+            self.events[key] = proxy
+        return proxy
+
+    first_call = 0  # the call `.output` addresses before any `.next()` (an edit: every call)
+
+    def set_event(self, path: str, kind: str, value: Any) -> None:
+        """`envoy.output = value` (or input/inputs): swap what the model gets."""
+        first = kind == "input"
+        if first:
+            kind = "inputs"
+        call = self.calls.get((path, self.current_invoke), self.first_call)
+        latest = self.swap(self.event(path, kind), value, first)
+        self.events[(path, kind, call, self.current_invoke)] = latest
+        self.events.pop((path, "input", call, self.current_invoke), None)
+
+    def next_call(self, path: str, step: int) -> None:
+        key = (path, self.current_invoke)
+        call = self.calls.get(key, self.first_call)
+        self.calls[key] = step if call == ALL_CALLS else call + step
+
+    def all_calls(self, path: str) -> None:
+        self.calls[(path, self.current_invoke)] = ALL_CALLS
+
+    # -- gradients (used by Proxy) --------------------------------------------------------------------
+    def grad_of(self, proxy: Proxy) -> Proxy:
+        scope = self.backward
+        key = (proxy.node, scope)
+        grad = self.grads.get(key)
+        if grad is None:
+            kwargs = {"backward": scope.index} if scope is not None else None
+            grad = self.grads[key] = self.proxy("grad", None, (proxy,), kwargs)
+        return grad
+
+    def set_grad(self, proxy: Proxy, value: Any) -> None:
+        self.grads[(proxy.node, self.backward)] = self.swap(self.grad_of(proxy), value)
+
+    def swap(self, latest: Proxy, value: Any, first: bool = False) -> Proxy:
+        """Replace the value of an event (module output/inputs, gradient); return its new latest proxy."""
+        node = latest.node
+        event = node.args[0] if node.op == "current" else node  # swaps are keyed by the event itself
+        swap = self.create("swap", None, (Proxy(event, self.experiment), value), {"first": True} if first else None)
+        return Proxy(self.create("current", None, (Proxy(event, self.experiment), Proxy(swap, self.experiment)),
+                                 guarded=False), self.experiment)

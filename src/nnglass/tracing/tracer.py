@@ -1,0 +1,209 @@
+"""Tracer: records what the user writes on proxies into graphs; one leak-proof enter and exit."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from .errors import TraceError
+from .graph import Graph
+from .local import current, stack
+from .node import Node, user_line
+from .patching import gc_paused, patching
+from .proxy import Proxy
+from .walk import leaves, map_leaves
+
+__all__ = ["Experiment", "Tracer"]
+
+_CONTAINERS = (tuple, list, dict, slice)
+
+
+class Experiment:
+    """The graphs of one outermost `with` block (a trace, or a session with its traces and loops).
+
+    `building` is True while the block records; `results` holds the saved values once it ran;
+    `recorder` is the innermost open recorder (where operations on this experiment's proxies go).
+    """
+
+    __slots__ = ("graphs", "building", "results", "recorder", "owners")
+
+    def __init__(self) -> None:
+        self.graphs: list[Graph] = []
+        self.owners: dict[int, Any] = {}  # graph id -> the recorder that made it (traces: their model)
+        self.building = True
+        self.results: dict[Node, Any] = {}
+        self.recorder: Any = None
+
+    def new_graph(self, parent: Graph | None, kind: str, meta: dict | None = None) -> Graph:
+        """A graph of this experiment, referenced by its id (its position in `graphs`)."""
+        graph = Graph(len(self.graphs), parent, kind, meta)
+        self.graphs.append(graph)
+        return graph
+
+
+class Tracer:
+    """The recording state of one `with` block: its graph, current invoke, open condition, backward pass.
+
+    Subclasses say what their graph is (`kind`), whether they may sit inside another block (`nests`),
+    and what happens at the end (`exit`: run it, or hand it to the enclosing block).
+    """
+
+    kind = "trace"
+    nests = False  # may be opened inside a session (or a loop of one)
+
+    def __init__(self) -> None:
+        self.experiment: Experiment | None = None
+        self.graph: Graph | None = None
+        self.parent: Graph | None = None  # the enclosing block's graph, when nested
+        self.current_invoke: int | None = None
+        self.guard: Node | None = None
+        self.backward: Node | None = None
+        self.checker: Callable[[Node], Any] | None = None  # runs each new node on fake values (validate)
+        self._entered = False
+
+    # -- the context ----------------------------------------------------------------------------
+    def __enter__(self) -> Any:
+        if self._entered:
+            raise TraceError(f"This {self.kind} has already been used; open a new one "
+                             f"(e.g. `with model.trace(...)`) for another run.")
+        self._entered = True
+        with contextlib.ExitStack() as stack_:
+            self._gc = stack_.enter_context(contextlib.ExitStack())
+            self._gc.enter_context(gc_paused())
+            self._recording = stack_.enter_context(contextlib.ExitStack())
+            self._recording.enter_context(self.recording())
+            self._recording.enter_context(patching())
+            entered = self.begin()
+            self._undo = stack_.pop_all()
+        return self if entered is None else entered
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        try:
+            self._recording.close()
+            if kind is None:
+                self.end()
+        finally:
+            self._undo.close()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Join the enclosing experiment (or start one) and be this thread's current recorder."""
+        outer = current()
+        if outer is not None and outer.experiment.building:
+            if not self.nests or not getattr(outer, "holds_traces", False):
+                raise TraceError(f"A {self.kind} cannot be opened inside another {outer.kind}: use "
+                                 f"`tracer.invoke(...)` for another batch in the same forward, or "
+                                 f"`with model.session():` around traces that run one after another.")
+            self.experiment, self.parent = outer.experiment, outer.graph
+        else:
+            self.experiment = Experiment()
+        experiment = self.experiment
+        self.graph = experiment.new_graph(self.parent, self.kind, self.meta())
+        if self.parent is not None:
+            self.graph.owner = outer.create(self.kind, self.graph.id)
+        previous, experiment.recorder = experiment.recorder, self
+        stack().append(self)
+        try:
+            yield
+        finally:
+            stack().pop()
+            experiment.recorder = previous
+            if self.parent is None:
+                experiment.building = False
+
+    def meta(self) -> dict:
+        """What the wire needs to rebuild this graph (subclasses add the model, method, ...)."""
+        return {}
+
+    def begin(self) -> Any:
+        """Subclass work at the start of the block; a value to bind with `as` instead of the tracer."""
+        return None
+
+    def end(self) -> None:
+        """Subclass work at the end of the block (run the experiment, when outermost)."""
+
+    # -- recording ------------------------------------------------------------------------------
+    def create(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None,
+               guarded: bool = True) -> Node:
+        """Record one operation in the open graph; proxies among the arguments become dependencies."""
+        deps: list[Node] = []
+        nested = False
+        unwrapped = []
+        for arg in args:
+            if type(arg) is Proxy:
+                arg = self.node_of(arg, deps)
+            elif type(arg) in _CONTAINERS or isinstance(arg, Proxy):
+                before = len(deps)
+                arg = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
+                nested = nested or (len(deps) > before or type(arg) is not Node and _holds_node(arg))
+            unwrapped.append(arg)
+        if kwargs:
+            before = len(deps)
+            kwargs = map_leaves(kwargs, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
+            nested = nested or len(deps) > before or _holds_node(kwargs)
+        if guarded and self.guard is not None and self.guard not in deps:
+            deps.append(self.guard)
+        node = self.graph.create_node(op, target, tuple(unwrapped), kwargs, deps, nested, user_line(), self.current_invoke)
+        if self.checker is not None:
+            self.checker(node)
+        return node
+
+    def proxy(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> Proxy:
+        """Record one operation and return its proxy."""
+        return Proxy(self.create(op, target, args, kwargs), self.experiment)
+
+    def node_of(self, proxy: Proxy, deps: list[Node]) -> Any:
+        """The node behind a proxy of this experiment (a finished experiment's proxy gives its value)."""
+        if proxy.experiment is not self.experiment:
+            if not proxy.experiment.building:
+                return proxy.value
+            raise TraceError("This value belongs to another trace that is still being recorded.")
+        node = proxy.node
+        if node.graph is self.graph:
+            if node not in deps:
+                deps.append(node)
+        else:
+            anchor = link(node, self.graph)
+            if anchor is not None and anchor not in deps:
+                deps.append(anchor)
+        return node
+
+    @contextlib.contextmanager
+    def scope(self, **state: Any) -> Iterator[None]:
+        """Set recording state (graph, current_invoke, guard, backward) for the block, then restore it."""
+        before = {name: getattr(self, name) for name in state}
+        for name, value in state.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                setattr(self, name, value)
+
+    def open_backward(self, node: Node | None) -> None:
+        """Make new `.grad` nodes belong to this backward pass (None: no pass)."""
+        self.backward = node
+
+
+def link(node: Node, graph: Graph) -> Node | None:
+    """Connect a node of another graph of the experiment to a user in `graph`.
+
+    Below their lowest common graph, `node` is exported by the graphs that hold it and free in those
+    that read it; in the common graph the reader's side waits for the holder's side. Returns the node
+    a new node of `graph` must wait for (None when the wait is on an enclosing subgraph's node).
+    """
+    here, there = graph.ancestors(), node.graph.ancestors()
+    common = next(g for g in here if g in there)
+    holders, readers = there[:there.index(common)], here[:here.index(common)]
+    for holder in holders:
+        holder.exports.add(node)
+    anchor = holders[-1].owner if holders else node
+    for reader in readers:
+        reader.free.add(node)
+    if not readers:
+        return anchor
+    common.depend(readers[-1].owner, anchor)
+    return None
+
+
+def _holds_node(value: Any) -> bool:
+    return any(type(leaf) is Node for leaf in leaves(value))
