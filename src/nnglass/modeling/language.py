@@ -44,7 +44,7 @@ class LanguageModel(NNsight):
         self._automodel = automodel or _auto_causal_lm()
         self._load_kwargs = kwargs
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
-        module.generator = WrapperModule()
+        self._prepare(module)
         super().__init__(module, rename)
         self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
         self._dispatched = loaded
@@ -70,12 +70,16 @@ class LanguageModel(NNsight):
             return
         with suspended():  # loading may happen inside a session: its torch calls are not graph nodes
             module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
-        module.generator = WrapperModule()
+        self._prepare(module)
         self._model = module
         self._modules_by_path = dict(module.named_modules())
         _repoint(self, self._modules_by_path)
         self._scans.clear()
         self._dispatched = True
+
+    def _prepare(self, module: torch.nn.Module) -> None:
+        """Add the hook points nnglass needs to a model just built or loaded (`generator`)."""
+        module.generator = WrapperModule()
 
     # -- running ------------------------------------------------------------------------------------
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
