@@ -5,8 +5,9 @@ from typing import Callable
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BloomConfig, GemmaConfig, GPT2Config, GPTNeoXConfig,
-                          LlamaConfig, MistralConfig, OPTConfig, PhiConfig, Qwen2Config)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BloomConfig, Gemma2Config, Gemma3TextConfig,
+                          GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig,
+                          Olmo2Config, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config)
 
 from nnglass import LanguageModel, NNsight, Proxy
 from nnglass.modeling.standard import ArchitectureError, StandardizedTransformer
@@ -24,7 +25,15 @@ ORIGINAL = {
     "gpt_neox": ("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
     "opt": ("model.decoder.embed_tokens", "model.decoder.layers", "self_attn", None, "model.decoder.final_layer_norm"),
     "phi": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.final_layernorm"),
+    "qwen3": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma2": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma3_text": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "phi3": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "olmo2": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "mixtral": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "qwen2_moe": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
 }
+MOE = ("mixtral", "qwen2_moe")
 ARCHS = list(ORIGINAL)
 BLOOM_NAMES = {"embed_tokens": "transformer.word_embeddings", "layers": "transformer.h",
                "self_attn": "self_attention", "ln_final": "transformer.ln_f"}
@@ -50,6 +59,14 @@ def tiny_config(arch: str, tok, layers: int = 2):
         "opt": lambda: OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=layers, num_attention_heads=4,
                                  word_embed_proj_dim=32, **ids),
         "phi": lambda: PhiConfig(**small),
+        "qwen3": lambda: Qwen3Config(num_key_value_heads=2, head_dim=8, **small),
+        "gemma2": lambda: Gemma2Config(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
+        "gemma3_text": lambda: Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
+        "phi3": lambda: Phi3Config(num_key_value_heads=2, **small),
+        "olmo2": lambda: Olmo2Config(num_key_value_heads=2, **small),
+        "mixtral": lambda: MixtralConfig(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, **small),
+        "qwen2_moe": lambda: Qwen2MoeConfig(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                            moe_intermediate_size=32, shared_expert_intermediate_size=32, **small),
         "bloom": lambda: BloomConfig(n_layer=layers, hidden_size=32, n_head=4, **ids),
     }[arch]()
 
@@ -57,7 +74,8 @@ def tiny_config(arch: str, tok, layers: int = 2):
 def tiny_model(arch: str, tok, layers: int = 2) -> torch.nn.Module:
     """A plain transformers model of one architecture with random weights (seeded)."""
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config(arch, tok, layers)).eval()
+    experts = {"experts_implementation": "batched_mm"} if arch in MOE else {}  # fake tensors cannot run grouped_mm
+    return AutoModelForCausalLM.from_config(tiny_config(arch, tok, layers), **experts).eval()
 
 
 @pytest.fixture(params=ARCHS)

@@ -277,8 +277,7 @@ class StandardizedTransformer(LanguageModel):
 
     def _check_shapes(self) -> dict[str | None, int]:
         """Run a fake forward pass; check every standard module's shapes; give output tuple widths by layer path."""
-        ids = torch.zeros((1, _PROBE_TOKENS), dtype=torch.long)  # [batch, tokens]
-        records = self._scan_records((), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        records = self._probe_records()
         layers = getattr(self._model.config, "num_hidden_layers", self.num_layers)
         if layers != self.num_layers:
             raise ArchitectureError(f"'layers' has {self.num_layers} modules, the config says {layers}.")
@@ -287,6 +286,18 @@ class StandardizedTransformer(LanguageModel):
         first = self.layers[0]
         paths = self._components + [p for p in ("router",) if path_of(self._names, p) is not None]
         return {p: _width(records[(_part(first, p)._path, "output", 0)]) for p in paths}
+
+    def _probe_records(self) -> dict:
+        """Fake-tensor records of a [1, 2]-token forward pass; a clear error for experts fake tensors cannot run."""
+        ids = torch.zeros((1, _PROBE_TOKENS), dtype=torch.long)  # [batch, tokens]
+        try:
+            return self._scan_records((), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        except RuntimeError as error:
+            if getattr(self._model.config, "_experts_implementation", None) != "grouped_mm":
+                raise
+            raise ArchitectureError("The shape check runs the model on fake tensors, which cannot run its "
+                                    "'grouped_mm' experts here (float32 on CPU); build the model with "
+                                    "experts_implementation='batched_mm'.") from error
 
     def _expected_shapes(self) -> list[tuple[str, Envoy, str, tuple[int, ...]]]:
         """(name, envoy, "inputs" or "output", shape) of every standard module in a [1, 2]-token forward pass."""
