@@ -187,6 +187,103 @@ def test_assignments_equal_the_same_edits_by_hand(arch, tok):
     assert not torch.allclose(expected, run_eager(hf, tok)[0])  # the edits matter
 
 
+def test_model_level_accessors_equal_the_plain_values(arch, tok):
+    name, model, hf = arch
+    embed = ORIGINAL[name][0]
+    with model.trace(PROMPT):
+        ids, mask = model.input_ids.save(), model.attention_mask.save()
+        embeddings = model.token_embeddings.save()
+        model.token_embeddings = model.token_embeddings * 2
+        projected = model.project_on_vocab(model.layers_output[1]).save()  # the last layer: the logits
+        logits = model.logits.save()
+    plain = tok(PROMPT, return_tensors="pt")
+    assert torch.equal(ids.value, plain.input_ids) and torch.equal(mask.value, plain.attention_mask)
+    unedited, seen = run_eager(hf, tok)
+    close(embeddings, seen[(embed, "output")])
+    close(logits, run_eager(hf, tok, {(embed, "output"): lambda x: x * 2})[0])
+    torch.testing.assert_close(projected.value, logits.value, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits.value, unedited)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2"])
+def test_skip_layers_equals_layers_returning_their_input(name, tok):
+    hf = tiny_model(name, tok, layers=3)
+    model = StandardizedTransformer(hf, tokenizer=tok)
+    with model.trace(PROMPT):
+        model.skip_layers(1, 2)
+        logits = model.logits.save()
+    layers = ORIGINAL[name][1]
+    edits = {}
+    for i in (1, 2):  # each layer's output replaced by its input, by hand
+        edits[(f"{layers}.{i}", "output")] = lambda x, i=i: kept[i]
+    kept = {}
+    handles = [hf.get_submodule(f"{layers}.{i}").register_forward_pre_hook(
+        lambda m, args, kwargs, i=i: kept.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True) for i in (1, 2)]
+    try:
+        expected, _ = run_eager(hf, tok, edits)
+    finally:
+        for handle in handles:
+            handle.remove()
+    close(logits, expected)
+    assert not torch.allclose(expected, run_eager(hf, tok)[0])
+
+
+def test_steer_inside_a_trace_next_to_other_edits(tok):
+    hf = tiny_model("qwen3", tok)
+    model = StandardizedTransformer(hf, tokenizer=tok)
+    torch.manual_seed(1)
+    vector = torch.randn(32)
+    with model.trace(PROMPT):
+        model.mlps_output[0][:] = 0
+        model.steer([0, 1], vector, factor=0.5, positions=[1, 2])
+        model.steer(1, model.layers_output[0][0, 3])  # a vector computed in the same trace
+        logits = model.logits.save()
+
+    def add(x, positions, delta):
+        x = x.clone()
+        x[:, positions] += delta
+        return x
+    kept = {}
+    hook = hf.model.layers[0].register_forward_hook(lambda m, a, out: kept.__setitem__("h", out.clone()))
+    edits = {("model.layers.0.mlp", "output"): torch.zeros_like,
+             ("model.layers.0", "output"): lambda x: add(x, [1, 2], 0.5 * vector),
+             ("model.layers.1", "output"): lambda x: add(add(x, [1, 2], 0.5 * vector), slice(None), kept["h"][0, 3])}
+    try:
+        expected, _ = run_eager(hf, tok, edits)
+    finally:
+        hook.remove()
+    close(logits, expected)
+
+
+def test_moe_mlp_is_the_sparse_block_and_router_logits_are_reachable(tok):
+    for name in MOE:
+        hf = tiny_model(name, tok)
+        model = StandardizedTransformer(hf, tokenizer=tok)
+        assert type(model.mlps[0]._module).__name__.endswith("SparseMoeBlock")
+        assert model.layers[1].router._path == "model.layers.1.mlp.gate"
+        with model.trace(PROMPT):
+            router = [model.router_logits[i].save() for i in range(2)]
+            model.mlps_output[1] = model.mlps_output[1] * 0.5
+            logits = model.logits.save()
+        _, seen = run_eager(hf, tok)
+        for i in range(2):
+            close(router[i], seen[(f"model.layers.{i}.mlp.gate", "output")])
+            assert router[i].shape == (len(tok(PROMPT).input_ids), hf.config.num_experts
+                                       if name == "qwen2_moe" else hf.config.num_local_experts)
+        close(logits, run_eager(hf, tok, {("model.layers.1.mlp", "output"): lambda x: x * 0.5})[0])
+    with pytest.raises(ArchitectureError, match="not a mixture of experts"):
+        StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok).router_logits
+
+
+def test_attentions_and_mlps_are_the_layers_envoys(arch):
+    name, model, _ = arch
+    assert len(model.attentions) == len(model.layers) == 2
+    assert model.attentions[1] is model.layers[1].self_attn
+    if ORIGINAL[name][3] is not None:
+        assert model.mlps[0] is model.layers[0].mlp
+
+
 def test_cache_keys_stay_original_paths(arch):
     name, model, _ = arch
     layers = ORIGINAL[name][1]
