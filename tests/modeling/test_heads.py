@@ -203,3 +203,27 @@ def test_gpt_neox_has_no_head_views(tok):
     model = StandardizedTransformer(tiny_model("gpt_neox", tok), tokenizer=tok)
     with pytest.raises(ArchitectureError, match="No per-head accessors for 'gpt_neox'"):
         model.heads
+
+
+# -- the same accessors through a server -----------------------------------------------------------------------
+def test_heads_and_patterns_run_unchanged_remotely(tok, tmp_path):
+    from tests.server.serving import hosting
+
+    served = StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok, enable_attention_probs=True)
+    client = StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok, enable_attention_probs=True)
+    client._remote_name = "tiny-llama"
+
+    def run(remote: bool) -> list[torch.Tensor]:
+        with client.trace(PROMPT, remote=remote):
+            q = client.heads[0].q.save()
+            client.heads[0].v[:, 1] = 0
+            pattern = client.attention_probabilities[1].save()
+            client.attention_probabilities[1][:, 2] = pattern[:, 2].flip(-1)
+            z = client.heads[1].z.save()
+            logits = client.logits.save()
+        return [q.value, pattern.value, z.value, logits.value]
+
+    with hosting({"tiny-llama": served}, tmp_path):
+        remote = run(True)
+    for got, expected in zip(remote, run(False)):
+        torch.testing.assert_close(got, expected)
