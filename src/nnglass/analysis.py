@@ -162,27 +162,24 @@ def attribution_patching(model: StandardizedTransformer, clean: str, corrupted: 
 
     One trace, a clean and a corrupted invoke, one backward pass of the metric from the corrupted run:
     effect[l, p] = sum over hidden of (clean - corrupted)[l, p] * d metric / d corrupted[l, p], normalised as in
-    `patch_activations` by (metric(clean) - metric(corrupted)).
+    `patch_activations` by (metric(clean) - metric(corrupted)). The metric runs inside the trace, on proxies.
     """
     clean_ids = _same_length(model, clean, corrupted, "attribution_patching")
     layers = list(range(model.num_layers)) if layers is None else list(layers)
     with model.trace(remote=remote) as tracer:
         with tracer.invoke(clean):
             clean_hidden = torch.stack([model.layers_output[layer][0] for layer in layers])  # [layers, tokens, hidden]
-            clean_logits = model.logits.save()
+            clean_logits = model.logits
         with tracer.invoke(corrupted):
             hidden = [model.layers_output[layer] for layer in layers]  # each [1, tokens, hidden]
-            logits = model.logits
-            score = (metric or _answer_logit(clean_logits[0, -1].argmax()))(logits)  # [1]
+            measure = metric or _answer_logit(clean_logits[0, -1].argmax())
+            score = measure(model.logits)  # [1]
             with score.sum().backward():
                 grads = torch.stack([h.grad[0] for h in hidden])  # [layers, tokens, hidden]
             change = clean_hidden - torch.stack([h[0] for h in hidden])
-            estimate = (change * grads).sum(-1).save()  # [layers, tokens]
-            corrupted_logits = logits.save()
-    measure = metric or _answer_logit(int(clean_logits.value[0, -1].argmax()))
-    low, high = measure(corrupted_logits.value.detach()), measure(clean_logits.value.detach())
-    effect = (estimate.value / (high - low)).detach()
-    return Patching(effect, layers, list(range(len(clean_ids))), _words(model, clean_ids), "Attribution patching")
+            effect = ((change * grads).sum(-1) / (measure(clean_logits) - score)).detach().save()  # [layers, tokens]
+    return Patching(effect.value, layers, list(range(len(clean_ids))), _words(model, clean_ids),
+                    "Attribution patching")
 
 
 # -- attention patterns ---------------------------------------------------------------------------------------------
