@@ -10,11 +10,14 @@ from nnglass.modeling.standard import ArchitectureError, StandardizedTransformer
 from tests.modeling.test_standard import ARCHS, ORIGINAL, PROMPT, close, run_eager, tiny_model
 
 # Written out by hand from each transformers model: the q/k/v module(s) and the output projection of an
-# attention block. A fused module's output is [q heads | k heads | v heads].
+# attention block. A fused module's output is [q heads | k heads | v heads], except GPT-NeoX's: [q k v of head 0 |
+# q k v of head 1 | ...].
 PROJECTIONS = {"gpt2": (("c_attn",) * 3, "c_proj"), "phi3": (("qkv_proj",) * 3, "o_proj"),
+               "gpt_neox": (("query_key_value",) * 3, "dense"),
                "opt": (("q_proj", "k_proj", "v_proj"), "out_proj"), "phi": (("q_proj", "k_proj", "v_proj"), "dense")}
 SEPARATE = (("q_proj", "k_proj", "v_proj"), "o_proj")
-HEAD_ARCHS = [a for a in ARCHS if a != "gpt_neox"]  # GPT-NeoX interleaves q, k, v per head: not supported
+BLOOM_NAMES = {"embed_tokens": "transformer.word_embeddings", "layers": "transformer.h",
+               "self_attn": "self_attention", "ln_final": "transformer.ln_f"}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,9 @@ def columns(arch: str, hf, part: str, head: int) -> tuple[str, slice]:
     heads, kv_heads, width = sizes(hf)
     names, _ = PROJECTIONS.get(arch, SEPARATE)
     index = "qkv".index(part)
+    if arch == "gpt_neox":
+        start = (3 * head + index) * width
+        return names[index], slice(start, start + width)
     first = {0: 0, 1: heads, 2: heads + kv_heads}[index] if names[0] == names[1] else 0
     start = (first + head) * width
     return names[index], slice(start, start + width)
@@ -127,7 +133,7 @@ def test_attention_probabilities_of_a_model_loaded_later(tok, tmp_path):
 
 
 # -- per-head q, k, v, z -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", HEAD_ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_head_views_equal_the_projections_split_by_hand(arch, tok):
     hf = tiny_model(arch, tok)
     model = StandardizedTransformer(hf, tokenizer=tok)
@@ -138,7 +144,11 @@ def test_head_views_equal_the_projections_split_by_hand(arch, tok):
     (q, k, v), o = PROJECTIONS.get(arch, SEPARATE)
     for layer in range(2):
         attn = attention_path(arch, layer)
-        if q == k:  # fused
+        if arch == "gpt_neox":  # per head: [q k v]
+            fused = seen[(f"{attn}.{q}", "output")]
+            flats = [fused.view(*fused.shape[:2], heads, 3 * width)[..., j * width:(j + 1) * width].flatten(2)
+                     for j in range(3)]
+        elif q == k:  # stacked
             flats = seen[(f"{attn}.{q}", "output")].split([heads * width, kv_heads * width, kv_heads * width], -1)
         else:
             flats = [seen[(f"{attn}.{name}", "output")] for name in (q, k, v)]
@@ -148,7 +158,7 @@ def test_head_views_equal_the_projections_split_by_hand(arch, tok):
         assert got[(layer, "q")].shape[1] == heads and got[(layer, "k")].shape[1] == kv_heads
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2", "olmo2"])
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2", "gpt_neox", "olmo2"])
 def test_head_edits_equal_the_same_edits_by_hand(arch, tok):
     hf = tiny_model(arch, tok)
     model = StandardizedTransformer(hf, tokenizer=tok)
@@ -164,18 +174,17 @@ def test_head_edits_equal_the_same_edits_by_hand(arch, tok):
 
     def edit(layer: int, part: str, head: int | None, change) -> None:
         """Queue an in-place change of one head's columns (of every head of the part when head is None)."""
-        name, cols = columns(arch, hf, part, 0 if head is None else head)
-        if head is None:
-            count = sizes(hf)[0] if part == "q" else sizes(hf)[1]
-            cols = slice(cols.start, cols.start + count * width)
-        key = (f"{attention_path(arch, layer)}.{name}", "output")
-        before = edits.get(key, lambda x: x)
+        count = sizes(hf)[0] if part == "q" else sizes(hf)[1]
+        for one in range(count) if head is None else [head]:
+            name, cols = columns(arch, hf, part, one)
+            key = (f"{attention_path(arch, layer)}.{name}", "output")
+            before = edits.get(key, lambda x: x)
 
-        def changed(x, cols=cols, before=before):
-            x = before(x).clone()
-            change(x, cols)
-            return x
-        edits[key] = changed
+            def changed(x, cols=cols, before=before):
+                x = before(x).clone()
+                change(x, cols)
+                return x
+            edits[key] = changed
 
     def zero(x, cols):
         x[..., cols] = 0
@@ -199,10 +208,20 @@ def test_head_edits_equal_the_same_edits_by_hand(arch, tok):
     assert not torch.allclose(expected, run_eager(hf, tok)[0])
 
 
-def test_gpt_neox_has_no_head_views(tok):
-    model = StandardizedTransformer(tiny_model("gpt_neox", tok), tokenizer=tok)
-    with pytest.raises(ArchitectureError, match="No per-head accessors for 'gpt_neox'"):
+def test_a_custom_name_map_has_no_head_views(tok):
+    model = StandardizedTransformer(tiny_model("bloom", tok), tokenizer=tok, names=BLOOM_NAMES)
+    with pytest.raises(ArchitectureError, match="No per-head accessors for 'bloom'"):
         model.heads
+
+
+def test_a_wrong_head_layout_fails_at_load(tok, monkeypatch):
+    from nnglass.modeling import architectures
+
+    stacked = architectures.Projections("q_proj", "q_proj", "q_proj", "o_proj", "stacked")
+    monkeypatch.setitem(architectures.PROJECTIONS, "llama", stacked)
+    with pytest.raises(ArchitectureError, match="output of layers\\[0\\].self_attn.q_proj .* has shape "
+                                                "\\(1, 2, 32\\); expected \\(1, 2, 64\\)"):
+        StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok)
 
 
 # -- the same accessors through a server -----------------------------------------------------------------------

@@ -43,30 +43,29 @@ _ABSENT_UNLESS_NAMED = ("router",)  # standard names that only some architecture
 
 @dataclass(frozen=True)
 class Projections:
-    """The modules of an attention block that hold the heads: q, k, v projections (one fused module when the
-    three names are equal: its output is [q heads | k heads | v heads]) and the output projection o, whose input
-    is the heads' concatenated attention output."""
+    """The modules of an attention block that hold the heads: the q, k, v projections and the output projection o,
+    whose input is the heads' concatenated attention output.
+
+    When q, k and v name one fused module, `layout` says how its output holds them: "stacked" is
+    [q heads | k heads | v heads] (GPT-2, Phi-3), "interleaved" is [q k v of head 0 | q k v of head 1 | ...]
+    (GPT-NeoX).
+    """
 
     q: str
     k: str
     v: str
     o: str
-
-    @property
-    def fused(self) -> bool:
-        """Whether one module computes q, k and v."""
-        return self.q == self.k == self.v
+    layout: str = "separate"
 
 
 _SEPARATE = Projections("q_proj", "k_proj", "v_proj", "o_proj")
-# Per model type; a type left out has the separate q_proj/k_proj/v_proj/o_proj. None: heads not supported
-# (GPT-NeoX interleaves q, k, v per head inside its fused projection).
-PROJECTIONS: dict[str, Projections | None] = {
-    "gpt2": Projections("c_attn", "c_attn", "c_attn", "c_proj"),
-    "phi3": Projections("qkv_proj", "qkv_proj", "qkv_proj", "o_proj"),
+# Per model type; a type of the table left out has the separate q_proj/k_proj/v_proj/o_proj.
+PROJECTIONS: dict[str, Projections] = {
+    "gpt2": Projections("c_attn", "c_attn", "c_attn", "c_proj", "stacked"),
+    "phi3": Projections("qkv_proj", "qkv_proj", "qkv_proj", "o_proj", "stacked"),
+    "gpt_neox": Projections("query_key_value", "query_key_value", "query_key_value", "dense", "interleaved"),
     "opt": Projections("q_proj", "k_proj", "v_proj", "out_proj"),
     "phi": Projections("q_proj", "k_proj", "v_proj", "dense"),
-    "gpt_neox": None,
 }
 
 

@@ -78,7 +78,7 @@ class HeadSizes:
         return cls(heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads)
 
     def block(self, part: str) -> tuple[int, int]:
-        """(first head, number of heads) of q, k or v in a fused [q | k | v] projection output."""
+        """(first head, number of heads) of q, k or v in a stacked [q | k | v] projection output."""
         return {"q": (0, self.heads), "k": (self.heads, self.kv_heads),
                 "v": (self.heads + self.kv_heads, self.kv_heads)}[part]
 
@@ -118,14 +118,17 @@ class Heads:
 
     def view(self, part: str) -> Proxy:
         """The per-head view [batch, heads, positions, head_dim] of q, k, v or z."""
+        width = self._sizes.head_dim
         if part == "z":
-            return _split_heads(self._attention.get(self._projections.o).input, self._sizes.head_dim)
-        flat = self._attention.get(getattr(self._projections, part)).output  # [batch, positions, heads * head_dim]
-        if self._projections.fused:
+            return _split_heads(self._attention.get(self._projections.o).input, width)
+        flat = self._attention.get(getattr(self._projections, part)).output  # [batch, positions, width of all]
+        if self._projections.layout == "stacked":
             first, count = self._sizes.block(part)
-            width = self._sizes.head_dim
             flat = flat[:, :, first * width:(first + count) * width]
-        return _split_heads(flat, self._sizes.head_dim)
+        elif self._projections.layout == "interleaved":
+            index = "qkv".index(part)
+            return flat.unflatten(-1, (-1, 3 * width))[..., index * width:(index + 1) * width].transpose(1, 2)
+        return _split_heads(flat, width)
 
 
 def _split_heads(flat: Proxy, head_dim: int) -> Proxy:

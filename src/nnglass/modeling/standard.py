@@ -323,7 +323,7 @@ class StandardizedTransformer(LanguageModel):
         projections = self._projections
         if projections is not None:
             widths = {"q": sizes.heads, "k": sizes.kv_heads, "v": sizes.kv_heads}
-            if projections.fused:
+            if projections.layout != "separate":  # one module: its whole output
                 widths = {"q": sizes.heads + 2 * sizes.kv_heads}
             expected += [(f"{name}.{getattr(projections, part)}", attention.get(getattr(projections, part)),
                           "output", (*tokens, heads * sizes.head_dim)) for part, heads in widths.items()]
