@@ -17,7 +17,8 @@ from .language import WrapperModule
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["PROBS_IMPLEMENTATION", "PROBE", "HeadSizes", "Heads", "install_probes", "attention_through_probe"]
+__all__ = ["PROBS_IMPLEMENTATION", "PROBE", "HeadSizes", "Heads", "install_probes", "say_switched",
+           "attention_through_probe"]
 
 PROBS_IMPLEMENTATION = "nnglass_eager"  # the attention implementation that passes weights through the probe
 PROBE = "attention_probs"               # the identity submodule each attention module gets
@@ -49,13 +50,21 @@ def _register() -> None:
     AttentionMaskInterface.register(PROBS_IMPLEMENTATION, eager_mask)
 
 
-def install_probes(model: PreTrainedModel, attentions: list[torch.nn.Module]) -> None:
-    """Give each attention module an identity `attention_probs` hook point; switch the model's attention to it."""
+def install_probes(model: PreTrainedModel, attentions: list[torch.nn.Module]) -> str:
+    """Give each attention module an identity `attention_probs` hook point; switch the model's attention to it.
+
+    Returns the attention implementation it replaced.
+    """
     _register()
     for attention in attentions:
         attention.add_module(PROBE, WrapperModule())
     previous = model.config._attn_implementation
     model.set_attn_implementation(PROBS_IMPLEMENTATION)
+    return previous
+
+
+def say_switched(previous: str) -> None:
+    """Log that attention now runs through the probes, and what it costs."""
     logger.warning("enable_attention_probs: attention switched from '%s' to eager attention ('%s'), so that "
                    "attention_probabilities can be read and edited; it is slower and uses more memory.",
                    previous, PROBS_IMPLEMENTATION)

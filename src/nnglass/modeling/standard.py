@@ -10,7 +10,7 @@ from ..intervention.envoy import Envoy
 from ..tracing.proxy import Proxy
 from .architectures import (ARCHITECTURES, LAYER_NAMES, MODEL_NAMES, ArchitectureError, names_of, path_of,
                             projections_of)
-from .heads import PROBE, Heads, HeadSizes, install_probes
+from .heads import PROBE, Heads, HeadSizes, install_probes, say_switched
 from .language import LanguageModel
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ class StandardizedTransformer(LanguageModel):
         self._given_names = names
         self._probes = enable_attention_probs
         super().__init__(model, **kwargs)
+        if enable_attention_probs:
+            say_switched(self._replaced_attention)
         self._names = names_of(self._model.config, names)
         self._projections = projections_of(self._model.config) if names is None else None
         self._mount()
@@ -95,7 +97,8 @@ class StandardizedTransformer(LanguageModel):
         if self._probes:
             names = names_of(module.config, self._given_names)
             layers = module.get_submodule(path_of(names, "layers"))
-            install_probes(module, [layer.get_submodule(path_of(names, "self_attn")) for layer in layers])
+            attentions = [layer.get_submodule(path_of(names, "self_attn")) for layer in layers]
+            self._replaced_attention = install_probes(module, attentions)
 
     # -- per-layer accessors (inside a trace) ---------------------------------------------------------
     @property
