@@ -210,7 +210,7 @@ def test_head_edits_equal_the_same_edits_by_hand(arch, tok):
 
 def test_a_custom_name_map_has_no_head_views(tok):
     model = StandardizedTransformer(tiny_model("bloom", tok), tokenizer=tok, names=BLOOM_NAMES)
-    with pytest.raises(ArchitectureError, match="No per-head accessors for 'bloom'"):
+    with pytest.raises(ArchitectureError, match="No per-head accessors for 'bloom' with this name map"):
         model.heads
 
 
@@ -221,6 +221,10 @@ def test_a_wrong_head_layout_fails_at_load(tok, monkeypatch):
     monkeypatch.setitem(architectures.PROJECTIONS, "llama", stacked)
     with pytest.raises(ArchitectureError, match="output of layers\\[0\\].self_attn.q_proj .* has shape "
                                                 "\\(1, 2, 32\\); expected \\(1, 2, 64\\)"):
+        StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok)
+    monkeypatch.setitem(architectures.PROJECTIONS, "llama", architectures.Projections("q", "k", "v", "o_proj"))
+    with pytest.raises(ArchitectureError, match="self_attn \\(module 'model.layers.0.self_attn'\\) lacks the "
+                                                "projections k, q, v"):
         StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok)
 
 

@@ -138,8 +138,8 @@ class StandardizedTransformer(LanguageModel):
     def heads(self) -> LayerHeads:
         """Each layer's per-head q, k, v (before rotary) and z, [batch, heads, positions, head_dim] (see `Heads`)."""
         if self._projections is None:
-            raise ArchitectureError(f"No per-head accessors for '{self._model.config.model_type}': its attention "
-                                    f"projections' layout is not known here.")
+            raise ArchitectureError(f"No per-head accessors for '{self._model.config.model_type}' with this name "
+                                    f"map: where its q, k, v and output projections are is not known here.")
         return LayerHeads(self, "self_attn")
 
     @property
@@ -317,22 +317,29 @@ class StandardizedTransformer(LanguageModel):
         return expected
 
     def _attention_shapes(self, i: int, attention: Envoy) -> list[tuple[str, Envoy, str, tuple[int, ...]]]:
-        """The expected shapes of one attention module's projections and probabilities hook point."""
-        sizes, tokens, name = self.head_sizes, (1, _PROBE_TOKENS), f"layers[{i}].self_attn"
-        expected = []
+        """The expected shapes of one attention module's probabilities hook point and head projections."""
+        name, heads = f"layers[{i}].self_attn", self.head_sizes.heads
+        expected = [] if self._projections is None else self._projection_shapes(name, attention)
         if self._probes:
             expected.append((f"{name}.{PROBE}", attention.get(PROBE), "output",
-                             (1, sizes.heads, _PROBE_TOKENS, _PROBE_TOKENS)))
-        projections = self._projections
-        if projections is not None:
-            widths = {"q": sizes.heads, "k": sizes.kv_heads, "v": sizes.kv_heads}
-            if projections.layout != "separate":  # one module: its whole output
-                widths = {"q": sizes.heads + 2 * sizes.kv_heads}
-            expected += [(f"{name}.{getattr(projections, part)}", attention.get(getattr(projections, part)),
-                          "output", (*tokens, heads * sizes.head_dim)) for part, heads in widths.items()]
-            expected.append((f"{name}.{projections.o}", attention.get(projections.o), "inputs",
-                             (*tokens, sizes.heads * sizes.head_dim)))
+                             (1, heads, _PROBE_TOKENS, _PROBE_TOKENS)))
         return expected
+
+    def _projection_shapes(self, name: str, attention: Envoy) -> list[tuple[str, Envoy, str, tuple[int, ...]]]:
+        """The expected shapes of an attention module's q, k, v outputs and output-projection input."""
+        projections, sizes = self._projections, self.head_sizes
+        absent = sorted({module for module in (projections.q, projections.k, projections.v, projections.o)
+                         if not _exists(attention, module)})
+        if absent:
+            raise ArchitectureError(f"{name} (module '{attention._path}') lacks the projections "
+                                    f"{', '.join(absent)} that its per-head views read.")
+        heads = {"q": sizes.heads, "k": sizes.kv_heads, "v": sizes.kv_heads}
+        if projections.layout != "separate":  # one module: its whole output
+            heads = {"q": sizes.heads + 2 * sizes.kv_heads}
+        expected = [(f"{name}.{getattr(projections, part)}", attention.get(getattr(projections, part)), "output",
+                     (1, _PROBE_TOKENS, count * sizes.head_dim)) for part, count in heads.items()]
+        return expected + [(f"{name}.{projections.o}", attention.get(projections.o), "inputs",
+                            (1, _PROBE_TOKENS, sizes.heads * sizes.head_dim))]
 
 
 def _part(layer: Envoy, path: str | None) -> Envoy:
