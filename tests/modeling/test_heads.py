@@ -158,7 +158,7 @@ def test_head_views_equal_the_projections_split_by_hand(arch, tok):
         assert got[(layer, "q")].shape[1] == heads and got[(layer, "k")].shape[1] == kv_heads
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2", "gpt_neox", "olmo2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gpt2", "gpt_neox", "olmo2"])
 def test_head_edits_equal_the_same_edits_by_hand(arch, tok):
     hf = tiny_model(arch, tok)
     model = StandardizedTransformer(hf, tokenizer=tok)

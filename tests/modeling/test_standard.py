@@ -59,7 +59,7 @@ def tiny_config(arch: str, tok, layers: int = 2):
         "opt": lambda: OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=layers, num_attention_heads=4,
                                  word_embed_proj_dim=32, **ids),
         "phi": lambda: PhiConfig(**small),
-        "qwen3": lambda: Qwen3Config(num_key_value_heads=2, head_dim=8, **small),
+        "qwen3": lambda: Qwen3Config(num_key_value_heads=2, head_dim=16, **small),  # heads * head_dim != hidden
         "gemma2": lambda: Gemma2Config(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
         "gemma3_text": lambda: Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
         "phi3": lambda: Phi3Config(num_key_value_heads=2, **small),
