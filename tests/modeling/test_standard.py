@@ -395,3 +395,14 @@ def test_rename_on_a_language_model(tok):
     with model.trace(PROMPT):
         attn = model.layers[1].self_attn.output[0].save()
     close(attn, run_eager(hf, tok)[1][("transformer.h.1.attn", "output")])
+
+
+def test_moe_checkpoint_needs_experts_that_fake_tensors_can_run(tok, tmp_path):
+    tiny_model("mixtral", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ArchitectureError, match="experts_implementation='batched_mm'"):
+        StandardizedTransformer(str(tmp_path))  # grouped_mm, float32, CPU
+    model = StandardizedTransformer(str(tmp_path), experts_implementation="batched_mm")
+    with model.trace(PROMPT):
+        router = model.router_logits[0].save()
+    assert router.shape == (len(tok(PROMPT).input_ids), 4)

@@ -196,7 +196,7 @@ def _meta_model(automodel: Any, source: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source, **_pick(kwargs, _SOURCE_KEYS))
-    build = _pick(kwargs, ("attn_implementation", "trust_remote_code"))
+    build = _pick(kwargs, ("attn_implementation", "experts_implementation", "trust_remote_code"))
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     if dtype is not None and dtype != "auto":
         build["dtype"] = dtype
