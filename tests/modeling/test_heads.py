@@ -243,10 +243,43 @@ def test_heads_and_patterns_run_unchanged_remotely(tok, tmp_path):
             pattern = client.attention_probabilities[1].save()
             client.attention_probabilities[1][:, 2] = pattern[:, 2].flip(-1)
             z = client.heads[1].z.save()
+            client.heads[1].q_rot[:, 0] = 0
+            k_rot = client.heads[1].k_rot.save()
             logits = client.logits.save()
-        return [q.value, pattern.value, z.value, logits.value]
+        return [q.value, pattern.value, z.value, k_rot.value, logits.value]
 
     with hosting({"tiny-llama": served}, tmp_path):
         remote = run(True)
     for got, expected in zip(remote, run(False)):
         torch.testing.assert_close(got, expected)
+
+
+# -- q and k after rotary ---------------------------------------------------------------------------------------
+def test_rotated_q_and_k_equal_rotary_applied_by_hand(tok):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    hf = tiny_model("llama", tok)
+    model = StandardizedTransformer(hf, tokenizer=tok, enable_attention_probs=True)
+    with model.trace(PROMPT):
+        q_rot, k_rot = model.heads[1].q_rot.save(), model.heads[1].k_rot.save()
+    with model.trace(PROMPT):
+        model.heads[0].k_rot = model.heads[0].k_rot * 0  # every score 0: uniform attention over the causal past
+        logits = model.logits.save()
+    _, seen = run_eager(hf, tok)
+    _, _, width = sizes(hf)
+    positions = torch.arange(len(tok(PROMPT).input_ids))[None]  # [1, tokens]
+    cos, sin = hf.model.rotary_emb(seen[("model.embed_tokens", "output")], positions)
+    q, k = (by_hand(seen[(f"model.layers.1.self_attn.{name}", "output")], width) for name in ("q_proj", "k_proj"))
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    close(q_rot, expected_q)
+    close(k_rot, expected_k)
+    assert q_rot.shape[1] == 4 and k_rot.shape[1] == 2
+    expected, _ = run_eager(hf, tok, {("model.layers.0.self_attn.k_proj", "output"): torch.zeros_like})
+    close(logits, expected)  # rotary of a zero key is zero
+
+
+def test_rotated_q_needs_the_probes(tok):
+    model = StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok)
+    with model.trace(PROMPT):
+        with pytest.raises(ValueError, match="heads\\[i\\].q_rot needs .*enable_attention_probs=True"):
+            model.heads[0].q_rot

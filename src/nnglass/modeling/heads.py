@@ -17,23 +17,27 @@ from .language import WrapperModule
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["PROBS_IMPLEMENTATION", "PROBE", "HeadSizes", "Heads", "install_probes", "say_switched",
+__all__ = ["PROBS_IMPLEMENTATION", "PROBE", "ROTATED", "HeadSizes", "Heads", "install_probes", "say_switched",
            "attention_through_probe"]
 
 PROBS_IMPLEMENTATION = "nnglass_eager"  # the attention implementation that passes weights through the probe
-PROBE = "attention_probs"               # the identity submodule each attention module gets
+PROBE = "attention_probs"               # the identity submodule each attention module gets for its weights
+ROTATED = ("q_rot", "k_rot")          # and for q and k as attention multiplies them (after rotary)
 logger = logging.getLogger("nnglass")
 
 
 # -- attention probabilities --------------------------------------------------------------------------------------
 def attention_through_probe(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own eager attention, its softmaxed weights passed through `module.attention_probs` before V.
+    """The model's own eager attention, with hook points: q and k (`module.q_rot`, `module.k_rot`) on the way in,
+    the softmaxed weights (`module.attention_probs`) before they multiply V.
 
     The weights [batch, heads, queries, keys] come from the architecture's `eager_attention_forward` (scaling,
-    soft-capping, masks and dropout as the model does them); what the probe returns, edits included, weights V.
+    soft-capping, masks and dropout as the model does them); what the hook points return, edits included, is
+    what attention uses.
     """
     eager = sys.modules[type(module).__module__].eager_attention_forward
+    query, key = module.q_rot(query), module.k_rot(key)  # [batch, heads or kv_heads, positions, head_dim]
     _, weights = eager(module, query, key, value[..., :1], attention_mask, **kwargs)  # a 1-wide V: weights only
     weights = getattr(module, PROBE)(weights)
     values = value.repeat_interleave(weights.shape[1] // value.shape[1], dim=1)  # GQA: a kv head per query group
@@ -51,13 +55,15 @@ def _register() -> None:
 
 
 def install_probes(model: PreTrainedModel, attentions: list[torch.nn.Module]) -> str:
-    """Give each attention module an identity `attention_probs` hook point; switch the model's attention to it.
+    """Give each attention module identity hook points (`attention_probs`, `q_rot`, `k_rot`); switch the model's
+    attention to the implementation that calls them.
 
     Returns the attention implementation it replaced.
     """
     _register()
     for attention in attentions:
-        attention.add_module(PROBE, WrapperModule())
+        for name in (PROBE, *ROTATED):
+            attention.add_module(name, WrapperModule())
     previous = model.config._attn_implementation
     model.set_attn_implementation(PROBS_IMPLEMENTATION)
     return previous
@@ -105,6 +111,19 @@ class _HeadValue:
         heads.view(self.part)[:] = value
 
 
+class _RotatedValue:
+    """q or k of `Heads` as attention multiplies them: a hook point's output, read or replaced."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+
+    def __get__(self, heads: Heads | None, owner: type) -> Any:
+        return self if heads is None else heads.hook_point(self.part).output
+
+    def __set__(self, heads: Heads, value: Any) -> None:
+        heads.hook_point(self.part).output = value
+
+
 class Heads:
     """`model.heads[i]`: per-head views [batch, heads, positions, head_dim] of layer i's attention.
 
@@ -113,17 +132,30 @@ class Heads:
     attention `k` and `v` have `num_key_value_heads` heads. `z` is each head's attention output (the input of the
     output projection, split into heads). Reads are views; `heads.q[:, 3] = 0` and `heads.q = x` write through
     them into the model's own tensors, so the edits reach the rest of the forward pass.
+
+    `q_rot` and `k_rot` (with `enable_attention_probs=True`) are q and k as attention multiplies them: AFTER q/k
+    norm and rotary embeddings where the architecture has them (TransformerLens's hook_rot_q/hook_rot_k); `k_rot`
+    holds every key position, cached ones included. Read them, edit them in place, or assign them.
     """
 
     q = _HeadValue("q")
     k = _HeadValue("k")
     v = _HeadValue("v")
     z = _HeadValue("z")
+    q_rot = _RotatedValue("q_rot")
+    k_rot = _RotatedValue("k_rot")
 
     def __init__(self, attention: Envoy, projections: Projections, sizes: HeadSizes) -> None:
         self._attention = attention
         self._projections = projections
         self._sizes = sizes
+
+    def hook_point(self, name: str) -> Envoy:
+        """The attention module's hook point of that name; a clear error when the probes are not installed."""
+        if name not in self._attention._children:
+            raise ValueError(f"heads[i].{name} needs StandardizedTransformer(..., enable_attention_probs=True), "
+                             f"which adds that hook point to attention.")
+        return self._attention.get(name)
 
     def view(self, part: str) -> Proxy:
         """The per-head view [batch, heads, positions, head_dim] of q, k, v or z."""

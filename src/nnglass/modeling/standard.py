@@ -321,8 +321,10 @@ class StandardizedTransformer(LanguageModel):
         name, heads = f"layers[{i}].self_attn", self.head_sizes.heads
         expected = [] if self._projections is None else self._projection_shapes(name, attention)
         if self._probes:
-            expected.append((f"{name}.{PROBE}", attention.get(PROBE), "output",
-                             (1, heads, _PROBE_TOKENS, _PROBE_TOKENS)))
+            width, kv_heads = self.head_sizes.head_dim, self.head_sizes.kv_heads
+            expected += [(f"{name}.{PROBE}", attention.get(PROBE), "output", (1, heads, _PROBE_TOKENS, _PROBE_TOKENS)),
+                         (f"{name}.q_rot", attention.q_rot, "output", (1, heads, _PROBE_TOKENS, width)),
+                         (f"{name}.k_rot", attention.k_rot, "output", (1, kv_heads, _PROBE_TOKENS, width))]
         return expected
 
     def _projection_shapes(self, name: str, attention: Envoy) -> list[tuple[str, Envoy, str, tuple[int, ...]]]:
