@@ -43,12 +43,11 @@ _ABSENT_UNLESS_NAMED = ("router",)  # standard names that only some architecture
 
 @dataclass(frozen=True)
 class Projections:
-    """The modules of an attention block that hold the heads: the q, k, v projections and the output projection o,
-    whose input is the heads' concatenated attention output.
+    """The modules of an attention block that hold the heads: the q, k, v and output (o) projections.
 
-    When q, k and v name one fused module, `layout` says how its output holds them: "stacked" is
-    [q heads | k heads | v heads] (GPT-2, Phi-3), "interleaved" is [q k v of head 0 | q k v of head 1 | ...]
-    (GPT-NeoX).
+    The input of o is the heads' concatenated attention output. When q, k and v name one fused module,
+    `layout` says how its output holds them: "stacked" is [q heads | k heads | v heads] (GPT-2, Phi-3),
+    "interleaved" is [q k v of head 0 | q k v of head 1 | ...] (GPT-NeoX).
     """
 
     q: str

@@ -1,4 +1,4 @@
-"""Inside attention: the attention-probabilities hook point and per-head views of q, k, v and z."""
+"""Inside attention: hook points for attention probabilities and rotated q/k, per-head views of q, k, v and z."""
 from __future__ import annotations
 
 import functools
@@ -29,10 +29,10 @@ logger = logging.getLogger("nnglass")
 # -- attention probabilities --------------------------------------------------------------------------------------
 def attention_through_probe(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own eager attention, with hook points: q and k (`module.q_rot`, `module.k_rot`) on the way in,
-    the softmaxed weights (`module.attention_probs`) before they multiply V.
+    """The model's own eager attention, through hook points for q and k (`q_rot`, `k_rot`) and the weights.
 
-    The weights [batch, heads, queries, keys] come from the architecture's `eager_attention_forward` (scaling,
+    q and k pass `module.q_rot` / `module.k_rot` on the way in, the softmaxed weights `module.attention_probs`
+    before they multiply V. The weights [batch, heads, queries, keys] come from the architecture's `eager_attention_forward` (scaling,
     soft-capping, masks and dropout as the model does them); what the hook points return, edits included, is
     what attention uses.
     """
@@ -55,8 +55,7 @@ def _register() -> None:
 
 
 def install_probes(model: PreTrainedModel, attentions: list[torch.nn.Module]) -> str:
-    """Give each attention module identity hook points (`attention_probs`, `q_rot`, `k_rot`); switch the model's
-    attention to the implementation that calls them.
+    """Add identity hook points (`attention_probs`, `q_rot`, `k_rot`) to each attention module; switch to them.
 
     Returns the attention implementation it replaced.
     """
@@ -99,29 +98,16 @@ class HeadSizes:
 
 
 class _HeadValue:
-    """One per-head value of `Heads`: reading gives the view, assigning writes through it in place."""
+    """One value of `Heads` (q, k, v, z, q_rot, k_rot): read with `Heads.read`, assigned with `Heads.write`."""
 
     def __init__(self, part: str) -> None:
         self.part = part
 
     def __get__(self, heads: Heads | None, owner: type) -> Any:
-        return self if heads is None else heads.view(self.part)
+        return self if heads is None else heads.read(self.part)
 
     def __set__(self, heads: Heads, value: Any) -> None:
-        heads.view(self.part)[:] = value
-
-
-class _RotatedValue:
-    """q or k of `Heads` as attention multiplies them: a hook point's output, read or replaced."""
-
-    def __init__(self, part: str) -> None:
-        self.part = part
-
-    def __get__(self, heads: Heads | None, owner: type) -> Any:
-        return self if heads is None else heads.hook_point(self.part).output
-
-    def __set__(self, heads: Heads, value: Any) -> None:
-        heads.hook_point(self.part).output = value
+        heads.write(self.part, value)
 
 
 class Heads:
@@ -142,15 +128,26 @@ class Heads:
     k = _HeadValue("k")
     v = _HeadValue("v")
     z = _HeadValue("z")
-    q_rot = _RotatedValue("q_rot")
-    k_rot = _RotatedValue("k_rot")
+    q_rot = _HeadValue("q_rot")
+    k_rot = _HeadValue("k_rot")
 
     def __init__(self, attention: Envoy, projections: Projections, sizes: HeadSizes) -> None:
         self._attention = attention
         self._projections = projections
         self._sizes = sizes
 
-    def hook_point(self, name: str) -> Envoy:
+    def read(self, part: str) -> Proxy:
+        """The value [batch, heads, positions, head_dim] of q, k, v, z, q_rot or k_rot."""
+        return self._hook_point(part).output if part in ROTATED else self.view(part)
+
+    def write(self, part: str, value: Any) -> None:
+        """Assign: q_rot and k_rot replace the hook point's output; the others write through the view in place."""
+        if part in ROTATED:
+            self._hook_point(part).output = value
+        else:
+            self.view(part)[:] = value
+
+    def _hook_point(self, name: str) -> Envoy:
         """The attention module's hook point of that name; a clear error when the probes are not installed."""
         if name not in self._attention._children:
             raise ValueError(f"heads[i].{name} needs StandardizedTransformer(..., enable_attention_probs=True), "
