@@ -32,9 +32,9 @@ def attention_through_probe(module: torch.nn.Module, query: torch.Tensor, key: t
     """The model's own eager attention, through hook points for q and k (`q_rot`, `k_rot`) and the weights.
 
     q and k pass `module.q_rot` / `module.k_rot` on the way in, the softmaxed weights `module.attention_probs`
-    before they multiply V. The weights [batch, heads, queries, keys] come from the architecture's `eager_attention_forward` (scaling,
-    soft-capping, masks and dropout as the model does them); what the hook points return, edits included, is
-    what attention uses.
+    before they multiply V. The weights [batch, heads, queries, keys] come from the architecture's
+    `eager_attention_forward` (scaling, soft-capping, masks and dropout as the model does them); what the hook
+    points return, edits included, is what attention uses.
     """
     eager = sys.modules[type(module).__module__].eager_attention_forward
     query, key = module.q_rot(query), module.k_rot(key)  # [batch, heads or kv_heads, positions, head_dim]

@@ -76,7 +76,9 @@ class StandardizedTransformer(LanguageModel):
     `layers[i].router` in a mixture of experts) are aliases of the original modules (hooks and `tracer.cache`
     keys stay on the original paths). `names=` maps the standard names to module paths for an architecture not
     in `ARCHITECTURES`. `enable_attention_probs=True` switches attention to an eager implementation that exposes
-    `attention_probabilities` (and says so in the log); without it the model's attention is left as it is.
+    `attention_probabilities` and `heads[i].q_rot` / `k_rot` (and says so in the log): it adds hook-point modules
+    to the model's attention modules and sets its attention implementation, on the model given. Without it the
+    model's attention is left as it is.
     """
 
     def __init__(self, model: str | os.PathLike | PreTrainedModel, *, names: dict[str, str | None] | None = None,
