@@ -228,3 +228,21 @@ def test_patchscope_equals_patching_the_state_by_hand(tiny, hf, tok, traces):
     assert result.top_tokens == [tok.decode(i) for i in top.indices]
     assert len(traces) == 2  # the source, then the target, in one session
     graph_functions_are_wire_safe(traces)
+
+
+def test_attention_pattern_and_patchscope_run_unchanged_remotely(tok, tmp_path):
+    from tests.server.serving import hosting
+
+    served = StandardizedTransformer(tiny_llama(tok, 3), tokenizer=tok, enable_attention_probs=True)
+    client = StandardizedTransformer(tiny_llama(tok, 3), tokenizer=tok, enable_attention_probs=True)
+    client._remote_name = "tiny-llama"
+
+    def run(remote: bool) -> tuple:
+        pattern = attention_pattern(client, CLEAN, layer=1, head=2, remote=remote).pattern
+        scope = patchscope(client, CLEAN, layer=2, target_layer=0, remote=remote)
+        return pattern, scope.top_ids, scope.top_probs
+
+    with hosting({"tiny-llama": served}, tmp_path):
+        remote = run(True)
+    for got, expected in zip(remote, run(False)):
+        torch.testing.assert_close(got, expected)
