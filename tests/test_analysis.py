@@ -3,7 +3,8 @@ import matplotlib.image
 import pytest
 import torch
 
-from nnglass.analysis import logit_lens, patch_activations, steer
+from nnglass.analysis import (IDENTITY_PROMPT, attention_pattern, attribution_patching, logit_lens,
+                              patch_activations, patchscope, steer)
 from nnglass.modeling.standard import StandardizedTransformer
 from nnglass.models import smollm2_path
 from nnglass.remote import allowlist
@@ -159,3 +160,88 @@ def test_one_patched_cell_equals_a_patch_by_hand(tiny, hf, tok, metric):
 def test_patching_needs_prompts_of_the_same_length(tiny):
     with pytest.raises(ValueError, match="same token length: the clean one has 9 tokens, the corrupted one 2"):
         patch_activations(tiny, CLEAN, "Hello world")
+
+
+# -- attribution patching ------------------------------------------------------------------------------------------
+def attribution_by_hand(hf, tok) -> torch.Tensor:
+    """grad x (clean - corrupted) of each layer output [layers, positions], normalised, with plain torch hooks."""
+    kept: dict = {}
+
+    def keep(i):
+        def hook(module, args, out):
+            out.retain_grad()
+            kept[i] = out
+        return hook
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(hf.model.layers)]
+    try:
+        clean_logits = hf(**tok(CLEAN, return_tensors="pt")).logits
+        clean = {i: h.detach() for i, h in kept.items()}
+        corrupted_logits = hf(**tok(CORRUPTED, return_tensors="pt")).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    answer = clean_logits[0, -1].argmax()
+    corrupted_logits[:, -1, answer].sum().backward()
+    high, low = clean_logits[0, -1, answer], corrupted_logits[0, -1, answer]
+    return torch.stack([((clean[i] - kept[i]) * kept[i].grad).sum(-1)[0] for i in sorted(kept)]).detach() / (
+        high - low).detach()
+
+
+def test_attribution_patching_equals_grad_times_activation_by_hand(tiny, hf, tok, traces, tmp_path):
+    result = attribution_patching(tiny, CLEAN, CORRUPTED)
+    assert len(traces) == 1  # one trace: a clean and a corrupted invoke, one backward pass
+    assert result.effect.shape == (3, 9) and result.method == "Attribution patching"
+    torch.testing.assert_close(result.effect, attribution_by_hand(hf, tok), atol=1e-4, rtol=1e-4)
+    graph_functions_are_wire_safe(traces)
+    assert matplotlib.image.imread(result.plot(tmp_path / "attribution.png"))[..., :3].std() > 0.05
+
+
+# -- attention patterns --------------------------------------------------------------------------------------------
+def test_attention_pattern_equals_eager_attention_and_plots(tok, tmp_path):
+    model = StandardizedTransformer(tiny_llama(tok, 3), tokenizer=tok, enable_attention_probs=True)
+    result = attention_pattern(model, CLEAN, layer=2, head=3)
+    plain = tiny_llama(tok, 3)
+    plain.set_attn_implementation("eager")
+    with torch.no_grad():
+        expected = plain(**tok(CLEAN, return_tensors="pt"), output_attentions=True).attentions[2][0, 3]
+    torch.testing.assert_close(result.pattern, expected)
+    assert result.input_tokens[-1] == " of" and (result.pattern.triu(1) == 0).all()  # causal
+    pixels = matplotlib.image.imread(result.plot(tmp_path / "pattern.png"))
+    assert pixels.shape[0] > 300 and pixels[..., :3].std() > 0.05
+
+
+# -- patchscope ----------------------------------------------------------------------------------------------------
+def test_patchscope_equals_patching_the_state_by_hand(tiny, hf, tok, traces):
+    result = patchscope(tiny, CLEAN, layer=1, position=3, target_layer=0, top_k=4)
+    kept = {}
+    run_hooked(hf, tok, CLEAN, 1, lambda out: kept.__setitem__("h", out[0, 3]))
+
+    def patch(out):
+        out = out.clone()
+        out[0, -1] = kept["h"]
+        return out
+    probs = run_hooked(hf, tok, IDENTITY_PROMPT, 0, patch)[0, -1].softmax(-1)
+    top = probs.topk(4)
+    assert result.top_ids.tolist() == top.indices.tolist()
+    torch.testing.assert_close(result.top_probs, top.values)
+    assert result.top_tokens == [tok.decode(i) for i in top.indices]
+    assert len(traces) == 2  # the source, then the target, in one session
+    graph_functions_are_wire_safe(traces)
+
+
+def test_attention_pattern_and_patchscope_run_unchanged_remotely(tok, tmp_path):
+    from tests.server.serving import hosting
+
+    served = StandardizedTransformer(tiny_llama(tok, 3), tokenizer=tok, enable_attention_probs=True)
+    client = StandardizedTransformer(tiny_llama(tok, 3), tokenizer=tok, enable_attention_probs=True)
+    client._remote_name = "tiny-llama"
+
+    def run(remote: bool) -> tuple:
+        pattern = attention_pattern(client, CLEAN, layer=1, head=2, remote=remote).pattern
+        scope = patchscope(client, CLEAN, layer=2, target_layer=0, remote=remote)
+        return pattern, scope.top_ids, scope.top_probs
+
+    with hosting({"tiny-llama": served}, tmp_path):
+        remote = run(True)
+    for got, expected in zip(remote, run(False)):
+        torch.testing.assert_close(got, expected)

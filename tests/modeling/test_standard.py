@@ -5,8 +5,9 @@ from typing import Callable
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BloomConfig, GemmaConfig, GPT2Config, GPTNeoXConfig,
-                          LlamaConfig, MistralConfig, OPTConfig, PhiConfig, Qwen2Config)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BloomConfig, Gemma2Config, Gemma3TextConfig,
+                          GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig,
+                          Olmo2Config, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config)
 
 from nnglass import LanguageModel, NNsight, Proxy
 from nnglass.modeling.standard import ArchitectureError, StandardizedTransformer
@@ -24,7 +25,15 @@ ORIGINAL = {
     "gpt_neox": ("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
     "opt": ("model.decoder.embed_tokens", "model.decoder.layers", "self_attn", None, "model.decoder.final_layer_norm"),
     "phi": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.final_layernorm"),
+    "qwen3": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma2": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma3_text": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "phi3": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "olmo2": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "mixtral": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
+    "qwen2_moe": ("model.embed_tokens", "model.layers", "self_attn", "mlp", "model.norm"),
 }
+MOE = ("mixtral", "qwen2_moe")
 ARCHS = list(ORIGINAL)
 BLOOM_NAMES = {"embed_tokens": "transformer.word_embeddings", "layers": "transformer.h",
                "self_attn": "self_attention", "ln_final": "transformer.ln_f"}
@@ -50,6 +59,14 @@ def tiny_config(arch: str, tok, layers: int = 2):
         "opt": lambda: OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=layers, num_attention_heads=4,
                                  word_embed_proj_dim=32, **ids),
         "phi": lambda: PhiConfig(**small),
+        "qwen3": lambda: Qwen3Config(num_key_value_heads=2, head_dim=16, **small),  # heads * head_dim != hidden
+        "gemma2": lambda: Gemma2Config(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
+        "gemma3_text": lambda: Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4, **small),
+        "phi3": lambda: Phi3Config(num_key_value_heads=2, **small),
+        "olmo2": lambda: Olmo2Config(num_key_value_heads=2, **small),
+        "mixtral": lambda: MixtralConfig(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, **small),
+        "qwen2_moe": lambda: Qwen2MoeConfig(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                            moe_intermediate_size=32, shared_expert_intermediate_size=32, **small),
         "bloom": lambda: BloomConfig(n_layer=layers, hidden_size=32, n_head=4, **ids),
     }[arch]()
 
@@ -57,7 +74,8 @@ def tiny_config(arch: str, tok, layers: int = 2):
 def tiny_model(arch: str, tok, layers: int = 2) -> torch.nn.Module:
     """A plain transformers model of one architecture with random weights (seeded)."""
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config(arch, tok, layers)).eval()
+    experts = {"experts_implementation": "batched_mm"} if arch in MOE else {}  # fake tensors cannot run grouped_mm
+    return AutoModelForCausalLM.from_config(tiny_config(arch, tok, layers), **experts).eval()
 
 
 @pytest.fixture(params=ARCHS)
@@ -167,6 +185,103 @@ def test_assignments_equal_the_same_edits_by_hand(arch, tok):
     expected, _ = run_eager(hf, tok, edits)
     close(logits, expected)
     assert not torch.allclose(expected, run_eager(hf, tok)[0])  # the edits matter
+
+
+def test_model_level_accessors_equal_the_plain_values(arch, tok):
+    name, model, hf = arch
+    embed = ORIGINAL[name][0]
+    with model.trace(PROMPT):
+        ids, mask = model.input_ids.save(), model.attention_mask.save()
+        embeddings = model.token_embeddings.save()
+        model.token_embeddings = model.token_embeddings * 2
+        projected = model.project_on_vocab(model.layers_output[1]).save()  # the last layer: the logits
+        logits = model.logits.save()
+    plain = tok(PROMPT, return_tensors="pt")
+    assert torch.equal(ids.value, plain.input_ids) and torch.equal(mask.value, plain.attention_mask)
+    unedited, seen = run_eager(hf, tok)
+    close(embeddings, seen[(embed, "output")])
+    close(logits, run_eager(hf, tok, {(embed, "output"): lambda x: x * 2})[0])
+    torch.testing.assert_close(projected.value, logits.value, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits.value, unedited)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gemma2"])
+def test_skip_layers_equals_layers_returning_their_input(name, tok):
+    hf = tiny_model(name, tok, layers=3)
+    model = StandardizedTransformer(hf, tokenizer=tok)
+    with model.trace(PROMPT):
+        model.skip_layers(1, 2)
+        logits = model.logits.save()
+    layers = ORIGINAL[name][1]
+    edits = {}
+    for i in (1, 2):  # each layer's output replaced by its input, by hand
+        edits[(f"{layers}.{i}", "output")] = lambda x, i=i: kept[i]
+    kept = {}
+    handles = [hf.get_submodule(f"{layers}.{i}").register_forward_pre_hook(
+        lambda m, args, kwargs, i=i: kept.__setitem__(i, args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True) for i in (1, 2)]
+    try:
+        expected, _ = run_eager(hf, tok, edits)
+    finally:
+        for handle in handles:
+            handle.remove()
+    close(logits, expected)
+    assert not torch.allclose(expected, run_eager(hf, tok)[0])
+
+
+def test_steer_inside_a_trace_next_to_other_edits(tok):
+    hf = tiny_model("qwen3", tok)
+    model = StandardizedTransformer(hf, tokenizer=tok)
+    torch.manual_seed(1)
+    vector = torch.randn(32)
+    with model.trace(PROMPT):
+        model.mlps_output[0][:] = 0
+        model.steer([0, 1], vector, factor=0.5, positions=[1, 2])
+        model.steer(1, model.layers_output[0][0, 3])  # a vector computed in the same trace
+        logits = model.logits.save()
+
+    def add(x, positions, delta):
+        x = x.clone()
+        x[:, positions] += delta
+        return x
+    kept = {}
+    hook = hf.model.layers[0].register_forward_hook(lambda m, a, out: kept.__setitem__("h", out.clone()))
+    edits = {("model.layers.0.mlp", "output"): torch.zeros_like,
+             ("model.layers.0", "output"): lambda x: add(x, [1, 2], 0.5 * vector),
+             ("model.layers.1", "output"): lambda x: add(add(x, [1, 2], 0.5 * vector), slice(None), kept["h"][0, 3])}
+    try:
+        expected, _ = run_eager(hf, tok, edits)
+    finally:
+        hook.remove()
+    close(logits, expected)
+
+
+def test_moe_mlp_is_the_sparse_block_and_router_logits_are_reachable(tok):
+    for name in MOE:
+        hf = tiny_model(name, tok)
+        model = StandardizedTransformer(hf, tokenizer=tok)
+        assert type(model.mlps[0]._module).__name__.endswith("SparseMoeBlock")
+        assert model.layers[1].router._path == "model.layers.1.mlp.gate"
+        with model.trace(PROMPT):
+            router = [model.router_logits[i].save() for i in range(2)]
+            model.mlps_output[1] = model.mlps_output[1] * 0.5
+            logits = model.logits.save()
+        _, seen = run_eager(hf, tok)
+        for i in range(2):
+            close(router[i], seen[(f"model.layers.{i}.mlp.gate", "output")])
+            assert router[i].shape == (len(tok(PROMPT).input_ids), hf.config.num_experts
+                                       if name == "qwen2_moe" else hf.config.num_local_experts)
+        close(logits, run_eager(hf, tok, {("model.layers.1.mlp", "output"): lambda x: x * 0.5})[0])
+    with pytest.raises(ArchitectureError, match="not a mixture of experts"):
+        StandardizedTransformer(tiny_model("llama", tok), tokenizer=tok).router_logits
+
+
+def test_attentions_and_mlps_are_the_layers_envoys(arch):
+    name, model, _ = arch
+    assert len(model.attentions) == len(model.layers) == 2
+    assert model.attentions[1] is model.layers[1].self_attn
+    if ORIGINAL[name][3] is not None:
+        assert model.mlps[0] is model.layers[0].mlp
 
 
 def test_cache_keys_stay_original_paths(arch):
@@ -280,3 +395,14 @@ def test_rename_on_a_language_model(tok):
     with model.trace(PROMPT):
         attn = model.layers[1].self_attn.output[0].save()
     close(attn, run_eager(hf, tok)[1][("transformer.h.1.attn", "output")])
+
+
+def test_moe_checkpoint_needs_experts_that_fake_tensors_can_run(tok, tmp_path):
+    tiny_model("mixtral", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ArchitectureError, match="experts_implementation='batched_mm'"):
+        StandardizedTransformer(str(tmp_path))  # grouped_mm, float32, CPU
+    model = StandardizedTransformer(str(tmp_path), experts_implementation="batched_mm")
+    with model.trace(PROMPT):
+        router = model.router_logits[0].save()
+    assert router.shape == (len(tok(PROMPT).input_ids), 4)

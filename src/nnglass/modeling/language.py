@@ -47,6 +47,7 @@ class LanguageModel(NNsight):
         self._load_kwargs = kwargs
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
         self._generator = WrapperModule()  # ours, not added to the user's model
+        self._prepare(module)
         super().__init__(module, rename)
         self._mount_generator()
         self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
@@ -73,12 +74,16 @@ class LanguageModel(NNsight):
             return
         with suspended():  # loading may happen inside a session: its torch calls are not graph nodes
             module = self._automodel.from_pretrained(self._source, **self._load_kwargs)
+        self._prepare(module)
         self._model = module
         self._modules_by_path = dict(module.named_modules())
         self._mount_generator()
         _repoint(self, self._modules_by_path)
         self._scans.clear()
         self._dispatched = True
+
+    def _prepare(self, module: torch.nn.Module) -> None:
+        """Add hook points a subclass needs to a model just built or loaded (none here)."""
 
     def _mount_generator(self) -> None:
         """`model.generator`: a hook point for the generated ids, next to the model's own modules."""
@@ -213,7 +218,7 @@ def _meta_model(automodel: Any, source: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source, **_pick(kwargs, _SOURCE_KEYS))
-    build = _pick(kwargs, ("attn_implementation", "trust_remote_code"))
+    build = _pick(kwargs, ("attn_implementation", "experts_implementation", "trust_remote_code"))
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     if dtype is not None and dtype != "auto":
         build["dtype"] = dtype
