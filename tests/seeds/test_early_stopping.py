@@ -1,4 +1,5 @@
 """The early-stopping pages (seeds 000 and 001) on the tiny network, layer1/layer2 for h[k]."""
+import pytest
 import torch
 
 from nnglass import NNsight
@@ -37,10 +38,8 @@ def test_nodes_after_stop_never_run(net, x):  # seed 000 cell 15
         tracer.stop()
         hs_1 = model[1].output.save()
     assert [m.calls for m in model._model] == [1, 0]
-    try:
+    with pytest.raises(ValueError, match="^Accessing value before it's been set.$"):
         hs_1.value
-    except ValueError as error:
-        assert str(error) == "Accessing value before it's been set."
 
 
 def test_stop_saves_time(x):  # seed 000 cell 16: later modules really do not run
@@ -66,8 +65,5 @@ def test_later_layer_unset_after_envoy_stop(net, x):  # seed 001 cell 2
     with model.trace(x):
         l2_out = model[1].output.save()
         model[0].output.stop()
-    try:
+    with pytest.raises(ValueError, match="^Accessing value before it's been set.$"):
         print("L2 - Output: ", l2_out)
-    except ValueError as error:
-        message = str(error)
-    assert message == "Accessing value before it's been set."
