@@ -326,3 +326,23 @@ def test_a_second_wrapper_does_not_break_the_first(smol_tokenizer):
     with second.generate("Hi", max_new_tokens=2):
         two = second.generator.output.save()
     assert torch.equal(one.value, two.value) and one.shape[1] > 1
+
+
+# the scan -------------------------------------------------------------------------------------------
+def test_a_scan_leaves_buffers_and_random_state_alone():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
+    model = NNsight(net)
+    stats = net[1].running_mean.clone()
+    state = torch.random.get_rng_state()
+    with model.scan(torch.rand(3, 4)):
+        shape = model[1].output.shape
+    assert shape == (3, 4)
+    assert torch.equal(net[1].running_mean, stats) and torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_the_shape_cache_is_bounded(tiny):
+    for size in range(1, 20):
+        with tiny.scan(torch.rand(size, 5)):
+            assert tiny.layer1.output.shape == (size, 10)
+    assert len(tiny._scans.entries) <= tiny._scans.size

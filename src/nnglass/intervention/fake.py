@@ -18,13 +18,17 @@ __all__ = ["Fake", "record_forward", "ScanCache"]
 
 def record_forward(modules: dict[str, torch.nn.Module], forward: Any, args: tuple, kwargs: dict,
                    mode: FakeTensorMode) -> dict:
-    """Run forward on fake copies of the inputs; record every module's inputs and output per call."""
+    """Every module's inputs and output per call, as fake tensors: from one real forward when the
+    weights are loaded (its buffers and random state restored after), else from a fake forward."""
     records: dict[tuple[str, str, int], Any] = {}
     calls: dict[tuple[str, str], int] = {}
+    model = modules[""]
+    real = not any(p.is_meta for p in model.parameters())
+    fake = (lambda v: _Meta(v) if isinstance(v, torch.Tensor) else v) if real else (lambda v: v)
 
     def keep(path: str, kind: str, value: Any) -> None:
         call = calls[(path, kind)] = calls.get((path, kind), -1) + 1
-        records[(path, kind, call)] = value
+        records[(path, kind, call)] = map_leaves(value, fake)
 
     handles = []
     for path, module in modules.items():
@@ -32,13 +36,56 @@ def record_forward(modules: dict[str, torch.nn.Module], forward: Any, args: tupl
             lambda m, a, k, path=path: keep(path, "inputs", (a, k)), with_kwargs=True))
         handles.append(module.register_forward_hook(lambda m, a, o, path=path: keep(path, "output", o)))
     try:
-        with suspended(), mode:
-            fake = map_leaves((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
-            forward(*fake[0], **fake[1])
+        with suspended():
+            if real:
+                _run_without_effects(model, forward, args, kwargs)
+            else:
+                with mode:
+                    inputs = map_leaves((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
+                    forward(*inputs[0], **inputs[1])
     finally:
         for handle in handles:
             handle.remove()
     return records
+
+
+def _run_without_effects(model: torch.nn.Module, forward: Any, args: tuple, kwargs: dict) -> None:
+    """Run forward with no gradient, then put back the buffers (e.g. batch-norm statistics) and random state."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        try:
+            forward(*args, **kwargs)
+        finally:
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+
+
+class _Meta:
+    """What a scan keeps of a real tensor: its metadata on the meta device (no data), and its device."""
+
+    __slots__ = ("meta", "device", "requires_grad")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.meta = tensor.detach().to("meta")
+        self.device = tensor.device
+        self.requires_grad = tensor.requires_grad
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.meta.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.meta.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.meta.ndim
+
+    def fake(self, mode: FakeTensorMode) -> torch.Tensor:
+        """A fake tensor like the recorded one, made on first use."""
+        made = mode.fake_tensor_converter.from_meta_and_device(mode, self.meta, self.device)
+        return made.requires_grad_(self.requires_grad) if self.meta.is_floating_point() else made
 
 
 class ScanCache:
@@ -119,7 +166,9 @@ class Fake(Interleaver):
         if (node.target, node.op, call) not in records:
             raise ValueError(f"Module '{node.target}' was not called {call + 1} time(s) in the scan, "
                              f"so its {node.op} has no shape.")
-        return records[(node.target, node.op, call)]
+        mode = self.mode
+        return map_leaves(records[(node.target, node.op, call)],
+                          lambda v: v.fake(mode) if isinstance(v, _Meta) else v)
 
     # -- ops that have no meaning on fake values ---------------------------------------------------
     def grad(self, node: Node, tensor: torch.Tensor, backward: int | None = None) -> Any:
