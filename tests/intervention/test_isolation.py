@@ -333,9 +333,10 @@ def test_a_scan_leaves_buffers_and_random_state_alone():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
     model = NNsight(net)
+    x = torch.rand(3, 4)
     stats = net[1].running_mean.clone()
     state = torch.random.get_rng_state()
-    with model.scan(torch.rand(3, 4)):
+    with model.scan(x):
         shape = model[1].output.shape
     assert shape == (3, 4)
     assert torch.equal(net[1].running_mean, stats) and torch.equal(torch.random.get_rng_state(), state)
