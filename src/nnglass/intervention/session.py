@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..tracing import contexts
+from ..tracing import compile, contexts
 from ..tracing.contexts import Condition, Iterator
 from ..tracing.executor import EMPTY, Executor, Exit
 from ..tracing.graph import Graph
@@ -24,9 +24,14 @@ class Session:
         contexts.stack().append(self)
         contexts.open_patches()
         contexts.pause_gc()
+        compile.enter(self)  # native control flow: see tracing/compile.py
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return compile.exit(self, exc_type, exc, tb, self._close)
+
+    def _close(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Leave the context; run the session unless the body failed."""
         contexts.stack().pop()
         contexts.close_patches()
         self.graph.close()
@@ -88,7 +93,7 @@ class Editor(Tracer):
         super().__enter__()
         return self.edited
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        super().__exit__(exc_type, exc, tb)
+    def _close(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        super()._close(exc_type, exc, tb)
         if exc_type is None:
             self.edited._edits.append(self.graph)

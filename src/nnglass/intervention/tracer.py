@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..tracing import contexts
+from ..tracing import compile, contexts
 from ..tracing.contexts import Condition
 from ..tracing.graph import Graph
 from ..tracing.node import Node, map_nested
@@ -97,9 +97,14 @@ class Tracer:
         self.outer_open, root.open = root.open, self.graph
         if self.invoker is not None:
             self.invoker.__enter__()
+        compile.enter(self)  # native control flow: see tracing/compile.py
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return compile.exit(self, exc_type, exc, tb, self._close)
+
+    def _close(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Leave the context; run the graph unless the body failed."""
         if self.invoker is not None:
             self.invoker.__exit__()
         contexts.stack().pop()

@@ -1,0 +1,745 @@
+"""Native Python control flow in a with-block, compiled into graph constructs; real values after the block.
+
+`if`, `for`, `while`, `break`/`continue`, `print(...)` and f-strings inside `with model.trace(...)`,
+`model.generate(...)` or `model.session()` cannot run as written: a proxy has no value yet. On
+entering such a block we read its source (linecache), rewrite those statements into calls of a
+`Runtime` that decide at run time (a proxy condition becomes `context.cond(...)`, a plain one stays
+an `if`; a loop over a proxy becomes `session.iter(...)` in a session and is unrolled by its
+`.shape[0]` in a trace; `print` of a proxy becomes `context.log(...)`), and compile the result as a
+function with the user's file and line numbers. The original body is skipped: a trace function
+raises `SkipBody` at its first line and the context's `__exit__` runs the compiled body instead,
+then writes its variables back into the user's frame. A body that needs no rewriting runs as
+written. Either way, after the outermost context ran, saved proxies that the block refers to
+(also inside lists, dicts and tuples) are replaced in the user's frame by their real values.
+
+Where no source is found (exec'd strings, a REPL without linecache), under another trace
+function (a debugger, coverage) and for one-line blocks (`with m.trace(x): ...`), the body runs
+as written (nnsight 0.4 behaviour).
+
+The hook into a context (Tracer, Session; nothing else):
+  - last line of `__enter__`:     `compile.enter(self)`
+  - `__exit__` becomes:           `return compile.exit(self, exc_type, exc, tb, self._close)`
+    where `_close(exc_type, exc, tb)` is the old `__exit__` body (cleanup, then run the graph when
+    exc_type is None). `compile.exit` runs the compiled body while the context is still open, calls
+    `_close` exactly once (with the body's exception, if any), and returns True when it suppressed
+    `SkipBody`. Contexts nest strictly, so the open blocks are a per-thread stack.
+Besides, compiled code uses only public API: `context.cond`, `context.log`, `session.iter`,
+`iterator.exit/cond/log`, `nnglass.apply`, `Proxy.shape`, plus `contexts.current()` (innermost open
+context) and `proxy.graph.building` (still recording).
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import functools
+import inspect
+import linecache
+import operator
+import threading
+from dataclasses import dataclass, field
+from types import CodeType, FrameType, FunctionType
+from typing import Any, Callable
+
+import torch
+
+from . import contexts, frames
+from .proxy import Proxy, TraceError
+
+__all__ = ["enter", "exit", "save", "Runtime"]
+
+_UNSET = object()        # a parameter of the compiled body whose variable did not exist
+_BODY = "__nnglass_body__"
+_RUNTIME = "__nnglass__"
+_local = threading.local()
+
+
+# -- the hook -----------------------------------------------------------------------------------------
+@dataclass
+class _Opened:
+    """One open context: the user frame of its with-statement, that block, what nnglass.save was given."""
+    frame: FrameType | None
+    block: Block | None
+    pending: list = field(default_factory=list)
+
+
+def _opened() -> list[_Opened]:
+    stack = getattr(_local, "opened", None)
+    if stack is None:
+        stack = _local.opened = []
+    return stack
+
+
+def enter(context: Any) -> None:
+    """Called last in a context's `__enter__`: find its with-block, arrange to run it compiled if needed."""
+    frame = frames.with_frame()
+    if frame is not None and frame.f_code in _COMPILED:
+        frame = None  # inside a compiled body: the outermost block was compiled whole
+    block = _block(frame) if frame is not None else None
+    if block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
+        block = block.as_written()
+    _opened().append(_Opened(frame, block))
+
+
+def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any, Any], Any]) -> bool:
+    """The context's `__exit__`: run the compiled body (if its original was skipped), close, rebind values."""
+    opened = _opened().pop()
+    if opened.frame is not None:
+        frames.stop_skipping(opened.frame)
+    if isinstance(error, frames.SkipBody):
+        _run_compiled(opened, close)
+        return True
+    _mark_saved(opened.pending)
+    close(kind, error, tb)
+    if kind is None and opened.block is not None:
+        _rebind_frame(opened)
+    return False
+
+
+def save(value: Any) -> Any:
+    """`nnglass.save(obj)`: a proxy is saved now; every proxy inside a container when its block ends."""
+    if isinstance(value, Proxy):
+        return value.save()
+    stack = _opened()
+    if stack:
+        stack[-1].pending.append(value)
+    return value
+
+
+def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
+    """Run the compiled body, then close the context with its outcome; write the variables back."""
+    try:
+        values = _call_body(opened)
+        _mark_saved(opened.pending)
+    except BaseException as exc:
+        close(type(exc), exc, exc.__traceback__)
+        raise _without_skip(exc)
+    try:
+        close(None, None, None)
+    except BaseException as exc:
+        raise _without_skip(exc)
+    finally:
+        frames.write(opened.frame, {name: _real(value) for name, value in values.items()})
+        for value in opened.pending:
+            _real(value)
+
+
+def _call_body(opened: _Opened) -> dict[str, Any]:
+    """Call the compiled body with the frame's variables; its variables at the end, without our own."""
+    block, frame = opened.block, opened.frame
+    if block.error is not None:
+        raise TraceError(block.error)
+    namespace = frame.f_locals
+    body = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)
+    values = body(Runtime(block.filename), **{n: namespace[n] for n in block.params if n in namespace})
+    return {name: value for name, value in values.items() if not name.startswith("__nnglass")}
+
+
+def _without_skip(exc: BaseException) -> BaseException:
+    """Hide the SkipBody that was being handled when exc was raised (it is not part of the user's error)."""
+    if isinstance(exc.__context__, frames.SkipBody):
+        exc.__suppress_context__ = True
+    return exc
+
+
+# -- real values after the block ----------------------------------------------------------------------
+class _Saved:
+    """A builtin value kept after a trace: `.value` gives the value itself; pickling and copying give the plain type."""
+
+    __slots__ = ()
+    _plain: type = object
+
+    @property
+    def value(self) -> Any:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return self._plain, (self._plain(self),)
+
+
+def _saved_type(plain: type) -> type:
+    return type(f"Saved{plain.__name__.capitalize()}", (_Saved, plain), {"__slots__": (), "_plain": plain,
+                                                                           "__module__": __name__})
+
+
+_SAVED_TYPES = {plain: _saved_type(plain) for plain in (list, dict, tuple, set, int, float, str, bytes, complex)}
+
+
+def _tensor_value(self: torch.Tensor) -> torch.Tensor:
+    """A tensor's `.value` is the tensor itself: nnsight 0.4 code reads `.value` of saved results."""
+    return self
+
+
+if not hasattr(torch.Tensor, "value"):
+    torch.Tensor.value = property(_tensor_value)
+
+
+def _as_real(proxy: Proxy) -> Any:
+    """A finished proxy's real value where that value can also answer `.value`; else the proxy."""
+    if proxy.graph.building:
+        return proxy
+    try:
+        value = proxy.value
+    except ValueError:
+        return proxy
+    if isinstance(value, torch.Tensor):
+        return value
+    saved = _SAVED_TYPES.get(type(value))
+    return saved(value) if saved is not None else proxy
+
+
+def _real(value: Any, depth: int = 0) -> Any:
+    """value with its saved proxies replaced by real values; lists and dicts are updated in place."""
+    kind = type(value)
+    if isinstance(value, Proxy):
+        return _as_real(value)
+    if depth > 3 or kind not in (list, dict, tuple):
+        return value
+    if kind is tuple:
+        items = tuple(_real(item, depth + 1) for item in value)
+        return items if any(a is not b for a, b in zip(items, value)) else value
+    for key, item in (value.items() if kind is dict else enumerate(value)):
+        new = _real(item, depth + 1)
+        if new is not item:
+            value[key] = new
+    return value
+
+
+def _mark_saved(pending: list) -> None:
+    """Save every proxy inside the objects given to nnglass.save."""
+    for value in pending:
+        _each_proxy(value, Proxy.save)
+
+
+def _each_proxy(value: Any, fn: Callable[[Proxy], Any], depth: int = 0) -> None:
+    if isinstance(value, Proxy):
+        fn(value)
+    elif depth < 4 and type(value) in (list, tuple, set):
+        for item in value:
+            _each_proxy(item, fn, depth + 1)
+    elif depth < 4 and type(value) is dict:
+        for item in value.values():
+            _each_proxy(item, fn, depth + 1)
+
+
+def _rebind_frame(opened: _Opened) -> None:
+    """After a block that ran as written: its saved proxies in the frame become real values."""
+    namespace = opened.frame.f_locals
+    changed = {}
+    for name in opened.block.names:
+        value = namespace.get(name, _UNSET)
+        if value is not _UNSET and (new := _real(value)) is not value:
+            changed[name] = new
+    frames.write(opened.frame, changed)
+    for value in opened.pending:
+        _real(value)
+
+
+# -- finding and compiling a block ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """One with-statement: the names its body refers to and, when it needs rewriting, its compiled body."""
+    filename: str
+    first_line: int                  # the body's first line, where the original is skipped
+    names: tuple[str, ...]           # variables the body refers to: rebound to real values after
+    code: CodeType | None = None     # the compiled body (a function of `__nnglass__` and params)
+    params: tuple[str, ...] = ()     # the frame's variables the compiled body reads or sets
+    error: str | None = None         # what cannot be compiled, raised when the block runs
+
+    @property
+    def runs_compiled(self) -> bool:
+        return self.code is not None or self.error is not None
+
+    @property
+    def defaults(self) -> tuple:
+        return (_UNSET,) * len(self.params)
+
+    def as_written(self) -> Block:
+        """The same block, run as written."""
+        return Block(self.filename, self.first_line, self.names)
+
+
+_blocks: dict[tuple[CodeType, int], Block | None] = {}   # (frame code, offset of the with) -> block
+_COMPILED: set[CodeType] = set()                         # code of compiled bodies
+
+
+def _block(frame: FrameType) -> Block | None:
+    """The block of the with-statement frame is entering (cached per code object and offset)."""
+    key = (frame.f_code, frame.f_lasti)
+    try:
+        return _blocks[key]
+    except KeyError:
+        block = _blocks[key] = _read_block(frame.f_code, frame.f_lineno, frame.f_globals)
+        return block
+
+
+def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block | None:
+    """Find the with-statement at line in the file's source and compile its body if it needs it."""
+    filename = frame_code.co_filename
+    tree = _parse(filename, "".join(linecache.getlines(filename, module_globals)))
+    node = _with_at(tree, line) if tree is not None else None
+    if node is None:
+        return None
+    first = min([node.body[0].lineno] + [d.lineno for d in getattr(node.body[0], "decorator_list", ())])
+    names = _names(node.body)
+    if first <= _header_end(node) or not _needs_compiling(node.body):
+        return Block(filename, first, names)
+    params = _params(node.body, names, frame_code)
+    try:
+        code = _compile_body(copy.deepcopy(node.body), params, filename, first)
+    except _Unsupported as unsupported:
+        return Block(filename, first, names, error=f"{filename}:{unsupported.line}: {unsupported}")
+    return Block(filename, first, names, code, params)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(filename: str, source: str) -> ast.Module | None:
+    if not source:
+        return None
+    try:
+        return ast.parse(source, filename)
+    except SyntaxError:
+        return None
+
+
+def _header_end(node: ast.With | ast.AsyncWith) -> int:
+    """The last line of a with-statement's header."""
+    ends = [item.context_expr.end_lineno for item in node.items]
+    ends += [item.optional_vars.end_lineno for item in node.items if item.optional_vars is not None]
+    return max(ends)
+
+
+def _with_at(tree: ast.AST, line: int) -> ast.With | ast.AsyncWith | None:
+    """The innermost with-statement whose header spans line."""
+    found = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.With, ast.AsyncWith)) and node.lineno <= line <= _header_end(node):
+            if found is None or node.lineno > found.lineno:
+                found = node
+    return found
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _walk_scope(nodes: list[ast.AST]) -> Any:
+    """Every node of these statements, not descending into nested functions and classes."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, _SCOPES):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _names(body: list[ast.stmt]) -> tuple[str, ...]:
+    """Variables the body refers to (anywhere in it, nested functions included), minus `global` ones."""
+    names = {node.id for stmt in body for node in ast.walk(stmt) if isinstance(node, ast.Name)}
+    names -= {name for node in _walk_scope(body) if isinstance(node, ast.Global) for name in node.names}
+    return tuple(sorted(name for name in names if not name.startswith("__nnglass")))
+
+
+def _params(body: list[ast.stmt], names: tuple[str, ...], frame_code: CodeType) -> tuple[str, ...]:
+    """The variables the compiled body takes from the frame: those it sets, and a function's locals it reads.
+
+    Other names (globals, builtins) stay free in the compiled body, so they resolve as in the original.
+    """
+    stored = {node.id for node in _walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+    local = set()
+    if frame_code.co_flags & inspect.CO_OPTIMIZED:
+        local = {*frame_code.co_varnames, *frame_code.co_cellvars, *frame_code.co_freevars}
+    return tuple(name for name in names if name in stored or name in local)
+
+
+def _needs_compiling(body: list[ast.stmt]) -> bool:
+    """Whether the body has control flow, prints or f-strings that cannot run on proxies as written."""
+    for node in _walk_scope(body):
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)):
+            return True
+        if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
+            return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            return True
+    return False
+
+
+def _compile_body(body: list[ast.stmt], names: tuple[str, ...], filename: str, first: int) -> CodeType:
+    """The rewritten body as the code of `def __nnglass_body__(__nnglass__, *names): ...; return locals()`."""
+    rewritten = _Rewriter().block(body)
+    function = ast.FunctionDef(
+        name=_BODY, args=ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in (_RUNTIME, *names)],
+                                       kwonlyargs=[], kw_defaults=[], defaults=[]),
+        body=_unset_prologue(names) + rewritten + [ast.Return(_call(_name("locals"), []))],
+        decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module([ast.copy_location(function, body[0])], type_ignores=[])
+    ast.fix_missing_locations(module)  # new nodes get their parent's line: errors show the user's lines
+    try:
+        module_code = compile(module, filename, "exec")
+    except SyntaxError as error:
+        raise _Unsupported(error.lineno or first, f"cannot compile this with-block: {error.msg}") from None
+    code = next(c for c in module_code.co_consts if isinstance(c, CodeType))
+    _COMPILED.add(code)
+    return code
+
+
+def _unset_prologue(names: tuple[str, ...]) -> list[ast.stmt]:
+    """`if x is __nnglass__.unset: del x` for each name: variables that did not exist stay unbound."""
+    return [ast.If(ast.Compare(_name(n), [ast.Is()], [_attr(_name(_RUNTIME), "unset")]),
+                   [ast.Delete([ast.Name(n, ast.Del())])], []) for n in names]
+
+
+# -- the rewriting ---------------------------------------------------------------------------------------
+class _Unsupported(Exception):
+    """A construct that cannot be compiled, at a line of the user's source."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _name(name: str) -> ast.Name:
+    return ast.Name(name, ast.Load())
+
+
+def _attr(value: ast.expr, name: str) -> ast.Attribute:
+    return ast.Attribute(value, name, ast.Load())
+
+
+def _call(func: ast.expr, args: list[ast.expr]) -> ast.Call:
+    return ast.Call(func, args, [])
+
+
+def _runtime(method: str, *args: ast.expr) -> ast.Call:
+    return _call(_attr(_name(_RUNTIME), method), list(args))
+
+
+_NOT_IN_BLOCK = {
+    ast.Return: "`return` inside a with-block that nnglass compiles: assign the result and return after the block",
+    ast.Yield: "`yield` inside a with-block that nnglass compiles: collect values and yield after the block",
+    ast.YieldFrom: "`yield from` inside a with-block that nnglass compiles: yield after the block",
+    ast.Await: "`await` inside a with-block that nnglass compiles: await before or after the block",
+    ast.Nonlocal: "`nonlocal` inside a with-block that nnglass compiles: declare it before the block",
+}
+
+
+class _Rewriter(ast.NodeTransformer):
+    """Rewrites control flow, prints and f-strings of a body into calls of the Runtime (`__nnglass__`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.loops: list[str] = []   # names of the enclosing loops' Runtime objects, innermost last
+
+    def fresh(self, kind: str) -> str:
+        self.count += 1
+        return f"__nnglass_{kind}{self.count}"
+
+    def block(self, statements: list[ast.stmt]) -> list[ast.stmt]:
+        """The rewritten statements of a block."""
+        out: list[ast.stmt] = []
+        for statement in statements:
+            new = self.visit(statement)
+            out.extend(new if isinstance(new, list) else [new])
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        message = _NOT_IN_BLOCK.get(type(node))
+        if message is not None:
+            raise _Unsupported(node.lineno, message)
+        return super().generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node   # runs later, maybe outside any trace: left as written
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> ast.With:
+        """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
+        name = self.fresh("branch")
+        test = self.truth(self.visit(node.test))
+        body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
+        if node.orelse:
+            body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
+        return self.within(node, _runtime("branch", test, ast.Constant(node.lineno)), name, body)
+
+    def visit_For(self, node: ast.For) -> ast.With:
+        """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
+        name = self.fresh("loop")
+        iterable = self.visit(node.iter)
+        loop = ast.For(node.target, _name(name), self.loop_body(name, node.body), self.block(node.orelse), None)
+        return self.within(node, _runtime("loop", iterable, ast.Constant(node.lineno)), name, [loop])
+
+    def visit_While(self, node: ast.While) -> ast.With:
+        """`while c: A` -> a loop whose test must be a plain value (`while` on a proxy cannot be compiled)."""
+        name = self.fresh("loop")
+        test = _runtime("plain", self.truth(self.visit(node.test)), ast.Constant("while"), ast.Constant(node.lineno))
+        loop = ast.While(test, self.loop_body(name, node.body), self.block(node.orelse))
+        return self.within(node, _runtime("loop", ast.Constant(None), ast.Constant(node.lineno)), name, [loop])
+
+    def loop_body(self, name: str, body: list[ast.stmt]) -> list[ast.stmt]:
+        self.loops.append(name)
+        try:
+            return self.block(body)
+        finally:
+            self.loops.pop()
+
+    def visit_Break(self, node: ast.stmt) -> ast.If:
+        """`break` -> `if l.break_(): break` (a session loop records `iterator.exit()` instead)."""
+        return self.jump(node, "break_")
+
+    def visit_Continue(self, node: ast.stmt) -> ast.If:
+        return self.jump(node, "continue_")
+
+    def jump(self, node: ast.stmt, method: str) -> ast.If:
+        if not self.loops:
+            word = method.rstrip("_")
+            raise _Unsupported(node.lineno, f"`{word}` out of a with-block that nnglass compiles: "
+                                            f"set a flag inside the block and {word} after it")
+        test = _call(_attr(_name(self.loops[-1]), method), [ast.Constant(node.lineno)])
+        return ast.copy_location(ast.If(test, [node], []), node)
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.IfExp:
+        node = self.generic_visit(node)
+        node.test = _runtime("plain", self.truth(node.test), ast.Constant("ifexp"), ast.Constant(node.lineno))
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        """`print(...)` -> `rt.print(print, ...)`: a log node when it prints proxies or runs conditionally."""
+        node = self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "print":
+            node.args = [node.func, *node.args]
+            node.func = _attr(_name(_RUNTIME), "print")
+        return node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
+        """`f"a {x!r:>4}"` -> `rt.fstring("a ", (x, 114, ">4"))`: a string, or a proxy of one."""
+        if not any(isinstance(v, ast.FormattedValue) for v in node.values):
+            return node
+        parts: list[ast.expr] = []
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                spec = self.visit(value.format_spec) if value.format_spec is not None else ast.Constant("")
+                parts.append(ast.Tuple([self.visit(value.value), ast.Constant(value.conversion), spec], ast.Load()))
+            else:
+                parts.append(value)
+        return ast.copy_location(_runtime("fstring", *parts), node)
+
+    def truth(self, test: ast.expr) -> ast.expr:
+        """`not`, `and`, `or` of a condition as Runtime calls, so that they work on proxies."""
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            return ast.copy_location(_runtime("not_", self.truth(test.operand)), test)
+        if isinstance(test, ast.BoolOp):
+            method = "and_" if isinstance(test.op, ast.And) else "or_"
+            result = self.truth(test.values[0])
+            for value in test.values[1:]:
+                later = ast.Lambda(ast.arguments([], [], None, [], [], None, []), self.truth(value))
+                result = ast.copy_location(_runtime(method, result, later), test)
+            return result
+        return test
+
+    def within(self, node: ast.stmt, call: ast.Call, name: str, body: list[ast.stmt]) -> ast.With:
+        """`with <call> as <name>: body`, at node's location."""
+        item = ast.withitem(call, ast.Name(name, ast.Store()))
+        return ast.copy_location(ast.With([item], body, None), node)
+
+
+# -- what compiled code calls -----------------------------------------------------------------------------
+def _building(value: Any) -> bool:
+    """Whether value is a proxy of a graph still being recorded."""
+    return isinstance(value, Proxy) and value.graph.building
+
+
+def _apply(fn: Any, *args: Any) -> Any:
+    import nnglass   # the package root, imported late: it imports this module
+    return nnglass.apply(fn, *args)
+
+
+def _truth(value: Any) -> Any:
+    return _apply(bool, value) if _building(value) else bool(value)
+
+
+def _is_session(context: Any) -> bool:
+    """A session (loops record once and run per item) rather than a trace (loops are unrolled)."""
+    return not hasattr(context, "invoke")
+
+
+_ADVICE = {
+    "while": "`while` on a proxy cannot be compiled: the loop would have to run before the model does. "
+             "Loop over a `range(...)` with an `if` inside, or over a proxy inside `model.session()`.",
+    "ifexp": "`a if <proxy> else b` cannot be compiled: write an `if` statement instead.",
+}
+
+
+class Runtime:
+    """What compiled code calls (as `__nnglass__`): the run-time half of each compiled construct."""
+
+    unset = _UNSET
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.loops: list[Loop] = []   # open loops, innermost last
+        self.branches = 0             # open branches on proxies
+
+    def error(self, line: int, message: str) -> TraceError:
+        return TraceError(f"{self.filename}:{line}: {message}")
+
+    def scope(self) -> Any:
+        """What records conditions and logs now: the innermost session loop of the open context, or the context."""
+        context = contexts.current()
+        loop = next((loop for loop in reversed(self.loops) if loop.iterator is not None), None)
+        return loop.iterator if loop is not None and loop.owner is context else context
+
+    def branch(self, test: Any, line: int) -> Branch:
+        return Branch(self, test)
+
+    def loop(self, iterable: Any, line: int) -> Loop:
+        return Loop(self, iterable, line)
+
+    def plain(self, test: Any, kind: str, line: int) -> Any:
+        """test itself, which must not be a proxy here."""
+        if _building(test):
+            raise self.error(line, _ADVICE[kind])
+        return test
+
+    def not_(self, value: Any) -> Any:
+        return _apply(operator.not_, value) if _building(value) else not value
+
+    def and_(self, left: Any, right: Callable[[], Any]) -> Any:
+        if not _building(left):
+            return left and right()
+        return _apply(operator.and_, _apply(bool, left), _truth(right()))
+
+    def or_(self, left: Any, right: Callable[[], Any]) -> Any:
+        if not _building(left):
+            return left or right()
+        return _apply(operator.or_, _apply(bool, left), _truth(right()))
+
+    def print(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """print now, or as a log node when it prints proxies, is under a proxy condition or in a session loop."""
+        deferred = self.branches or any(loop.iterator is not None for loop in self.loops)
+        if fn is not builtins.print or not (deferred or any(_building(a) for a in args)):
+            return fn(*args, **kwargs)
+        if kwargs:
+            raise TraceError("print(..., sep=, end=, file=) of a proxy cannot be compiled: print the values only, "
+                             "or build one string with an f-string.")
+        self.scope().log(*args)
+
+    def fstring(self, *parts: Any) -> Any:
+        """The f-string of parts (literal strings and (value, conversion, spec)); a proxy of it if a value is one."""
+        fields = [part for part in parts if type(part) is tuple]
+        if not any(_building(value) for value, _, _ in fields):
+            return "".join(part if type(part) is str else format(_convert(*part[:2]), part[2]) for part in parts)
+        template, index = [], 0
+        for part in parts:
+            if type(part) is str:
+                template.append(part.replace("{", "{{").replace("}", "}}"))
+            else:
+                conversion = "" if part[1] == -1 else "!" + chr(part[1])
+                template.append("{%d%s%s}" % (index, conversion, ":" + part[2] if part[2] else ""))
+                index += 1
+        return _apply(str, "".join(template)).format(*(value for value, _, _ in fields))
+
+
+def _convert(value: Any, conversion: int) -> Any:
+    """An f-string field's `!r`, `!s`, `!a` conversion (-1: none)."""
+    return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
+
+
+class Branch:
+    """`if` in a compiled body: a condition of the graph on a proxy, a plain `if` otherwise."""
+
+    def __init__(self, runtime: Runtime, test: Any) -> None:
+        self.runtime = runtime
+        self.on_proxy = _building(test)
+        self.test = test if self.on_proxy else bool(test)
+        self.condition: Any = None
+
+    def __enter__(self) -> Branch:
+        return self
+
+    def then(self) -> bool:
+        """Whether to record the if-branch (always, under the condition, for a proxy)."""
+        if not self.on_proxy:
+            return self.test
+        self.open(self.test)
+        return True
+
+    def orelse(self) -> bool:
+        """Whether to record the else-branch (always, under the negated condition, for a proxy)."""
+        if not self.on_proxy:
+            return not self.test
+        self.close()
+        self.open(_apply(operator.not_, self.test))
+        return True
+
+    def open(self, condition: Any) -> None:
+        self.condition = self.runtime.scope().cond(condition)
+        self.condition.__enter__()
+        self.runtime.branches += 1
+
+    def close(self) -> None:
+        if self.condition is not None:
+            self.condition.__exit__(None, None, None)
+            self.condition = None
+            self.runtime.branches -= 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Loop:
+    """`for` (or `while`) in a compiled body: over a proxy a session loop or an unrolled one, else a plain loop."""
+
+    def __init__(self, runtime: Runtime, iterable: Any, line: int) -> None:
+        self.runtime = runtime
+        self.iterable = iterable
+        self.line = line
+        self.owner = contexts.current()
+        self.iterator: Any = None        # the session loop's context, for a proxy in a session
+        self.branches = runtime.branches
+
+    def __enter__(self) -> Loop:
+        self.runtime.loops.append(self)
+        return self
+
+    def __iter__(self) -> Any:
+        if not _building(self.iterable):
+            return iter(self.iterable)
+        if _is_session(self.owner):
+            item, self.iterator = self.owner.iter(self.iterable, return_context=True).__enter__()
+            return iter([item])
+        return self.unrolled()
+
+    def unrolled(self) -> Any:
+        """The items of a proxy in a trace, one proxy each, by its length known while tracing."""
+        try:
+            length = operator.index(self.iterable.shape[0])
+        except Exception:
+            raise self.runtime.error(self.line, "a loop over a proxy inside a trace needs its length while tracing, "
+                                                "from `.shape[0]`, and this value has none. Loop over "
+                                                "`range(n)` and index it, or loop inside `model.session()`.") from None
+        return (self.iterable[i] for i in range(length))
+
+    def break_(self, line: int) -> bool:
+        """Whether to really `break`: a session loop records `iterator.exit()` instead."""
+        if self.iterator is not None:
+            self.iterator.exit()
+            return False
+        return self.plain_jump("break", line)
+
+    def continue_(self, line: int) -> bool:
+        if self.iterator is not None:
+            raise self.runtime.error(line, "`continue` in a loop over a proxy in a session cannot be compiled: "
+                                           "put the rest of the loop body under an `if` instead.")
+        return self.plain_jump("continue", line)
+
+    def plain_jump(self, word: str, line: int) -> bool:
+        if self.runtime.branches > self.branches:
+            raise self.runtime.error(line, f"`{word}` under an `if` on a proxy cannot be compiled here: this loop "
+                                           f"is unrolled while the trace is recorded, before any value exists. "
+                                           f"Guard the rest of the loop with `if not <condition>:` instead.")
+        return True
+
+    def __exit__(self, *exc: Any) -> None:
+        self.runtime.loops.pop()
+        if self.iterator is not None:
+            self.iterator.__exit__(*exc)
