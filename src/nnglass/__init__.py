@@ -11,12 +11,13 @@ from .intervention.envoy import Envoy
 from .intervention.interleaver import CausalityError
 from .modeling.base import NNsight
 from .modeling.language import LanguageModel
+from .tracing import compile as _compile
 from .tracing import contexts as _contexts
 from .tracing.executor import ExecutionError
 from .tracing.proxy import Proxy, TraceError
 
 __all__ = [
-    "NNsight", "LanguageModel", "Envoy", "CONFIG", "Proxy", "apply", "log",
+    "NNsight", "LanguageModel", "Envoy", "CONFIG", "Proxy", "apply", "log", "save",
     "TraceError", "CausalityError", "ExecutionError",
     "bool", "bytes", "int", "float", "str", "complex", "bytearray", "tuple", "list", "set", "dict",
 ]
@@ -61,3 +62,8 @@ def log(*values: Any) -> None:
         _builtins.print(*values)
     else:
         tracer.log(*values)
+
+
+def save(value: Any) -> Any:
+    """Keep value after the trace (nnsight 0.5's `nnsight.save`): a proxy, or a list/dict/tuple holding proxies."""
+    return _compile.save(value)

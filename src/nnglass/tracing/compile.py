@@ -83,17 +83,21 @@ def enter(context: Any) -> None:
 
 def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any, Any], Any]) -> bool:
     """The context's `__exit__`: run the compiled body (if its original was skipped), close, rebind values."""
-    opened = _opened().pop()
+    stack = _opened()
+    opened = stack[-1]   # popped only at the end: the compiled body's nnglass.save calls land here
     if opened.frame is not None:
         frames.stop_skipping(opened.frame)
-    if isinstance(error, frames.SkipBody):
-        _run_compiled(opened, close)
-        return True
-    _mark_saved(opened.pending)
-    close(kind, error, tb)
-    if kind is None and opened.block is not None:
-        _rebind_frame(opened)
-    return False
+    try:
+        if isinstance(error, frames.SkipBody):
+            _run_compiled(opened, close)
+            return True
+        _mark_saved(opened.pending)
+        close(kind, error, tb)
+        if kind is None and opened.block is not None:
+            _rebind_frame(opened)
+        return False
+    finally:
+        stack.pop()
 
 
 def save(value: Any) -> Any:
@@ -129,7 +133,7 @@ def _call_body(opened: _Opened) -> dict[str, Any]:
     block, frame = opened.block, opened.frame
     if block.error is not None:
         raise TraceError(block.error)
-    namespace = frame.f_locals
+    namespace = frames.read(frame)
     body = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)
     values = body(Runtime(block.filename), **{n: namespace[n] for n in block.params if n in namespace})
     return {name: value for name, value in values.items() if not name.startswith("__nnglass")}
@@ -144,25 +148,36 @@ def _without_skip(exc: BaseException) -> BaseException:
 
 # -- real values after the block ----------------------------------------------------------------------
 class _Saved:
-    """A builtin value kept after a trace: `.value` gives the value itself; pickling and copying give the plain type."""
+    """A builtin value kept after a trace (an instance of its type); `.value` is the value as the graph made it.
 
-    __slots__ = ()
+    Pickling and copying give the plain type, so saved results load anywhere without nnglass.
+    """
+
     _plain: type = object
 
     @property
     def value(self) -> Any:
-        return self
+        return self._value
 
     def __reduce__(self) -> tuple:
         return self._plain, (self._plain(self),)
 
 
 def _saved_type(plain: type) -> type:
-    return type(f"Saved{plain.__name__.capitalize()}", (_Saved, plain), {"__slots__": (), "_plain": plain,
-                                                                           "__module__": __name__})
+    return type(f"Saved{plain.__name__.capitalize()}", (_Saved, plain), {"_plain": plain, "__module__": __name__})
 
 
 _SAVED_TYPES = {plain: _saved_type(plain) for plain in (list, dict, tuple, set, int, float, str, bytes, complex)}
+
+
+def _saved(value: Any) -> Any:
+    """value as an instance of its Saved type, or None for other types."""
+    kind = _SAVED_TYPES.get(type(value))
+    if kind is None:
+        return None
+    saved = kind(value)
+    saved._value = value
+    return saved
 
 
 def _tensor_value(self: torch.Tensor) -> torch.Tensor:
@@ -184,8 +199,8 @@ def _as_real(proxy: Proxy) -> Any:
         return proxy
     if isinstance(value, torch.Tensor):
         return value
-    saved = _SAVED_TYPES.get(type(value))
-    return saved(value) if saved is not None else proxy
+    saved = _saved(value)
+    return saved if saved is not None else proxy
 
 
 def _real(value: Any, depth: int = 0) -> Any:
@@ -224,7 +239,7 @@ def _each_proxy(value: Any, fn: Callable[[Proxy], Any], depth: int = 0) -> None:
 
 def _rebind_frame(opened: _Opened) -> None:
     """After a block that ran as written: its saved proxies in the frame become real values."""
-    namespace = opened.frame.f_locals
+    namespace = frames.read(opened.frame)
     changed = {}
     for name in opened.block.names:
         value = namespace.get(name, _UNSET)

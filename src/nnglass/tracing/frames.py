@@ -9,7 +9,7 @@ import sys
 from types import FrameType
 from typing import Any
 
-__all__ = ["SkipBody", "with_frame", "skip_body", "stop_skipping", "write"]
+__all__ = ["SkipBody", "with_frame", "skip_body", "stop_skipping", "read", "write"]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _CONTEXTLIB = os.path.dirname(os.__file__) + os.sep + "contextlib.py"
@@ -57,11 +57,27 @@ def stop_skipping(frame: FrameType) -> None:
         sys.settrace(None)
 
 
+def _optimized(frame: FrameType) -> bool:
+    """A function frame: its variables are fast locals, and f_locals is a snapshot dict kept on the frame."""
+    return bool(frame.f_code.co_flags & inspect.CO_OPTIMIZED)
+
+
+def read(frame: FrameType) -> dict[str, Any]:
+    """A frame's variables (a copy for a function: the frame's snapshot is emptied so it keeps no values alive)."""
+    namespace = frame.f_locals
+    if not _optimized(frame):
+        return namespace
+    values = dict(namespace)
+    namespace.clear()
+    return values
+
+
 def write(frame: FrameType, values: dict[str, Any]) -> None:
     """Set variables of a frame: a function's fast locals, or the namespace dict of a module or class body."""
     if not values:
         return
     namespace = frame.f_locals
     namespace.update(values)
-    if frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+    if _optimized(frame):
         ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+        namespace.clear()
