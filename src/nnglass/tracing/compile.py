@@ -37,6 +37,7 @@ import inspect
 import linecache
 import operator
 import threading
+import warnings
 from dataclasses import dataclass, field
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable
@@ -284,8 +285,15 @@ def _block(frame: FrameType) -> Block | None:
     try:
         return _blocks[key]
     except KeyError:
-        block = _blocks[key] = _read_block(frame.f_code, frame.f_lineno, frame.f_globals)
-        return block
+        pass
+    try:
+        block = _read_block(frame.f_code, frame.f_lineno, frame.f_globals)
+    except Exception as error:  # source we cannot handle: the block runs as written, as without source
+        warnings.warn(f"nnglass could not compile the with-block at {frame.f_code.co_filename}:{frame.f_lineno} "
+                      f"({error!r}); it runs as written.", stacklevel=4)
+        block = None
+    _blocks[key] = block
+    return block
 
 
 def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block | None:
