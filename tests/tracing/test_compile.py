@@ -405,3 +405,21 @@ def test_print_with_keywords_of_a_proxy(tiny, x):
     with pytest.raises(TraceError, match="print\\(..., sep="):
         with tiny.trace(x):
             print(tiny.output, sep=", ")
+
+
+def test_a_variable_set_in_both_branches_of_a_proxy_if(tiny, x):
+    with pytest.raises(TraceError, match=rf"{line_of('both branches')}: `out` is set in both branches"):
+        with tiny.trace(x):
+            if tiny.output.sum() > 0:  # both branches
+                out = tiny.output.save()
+            else:
+                out = (tiny.output * 2).save()
+
+
+def test_a_variable_set_in_both_branches_of_a_plain_if(tiny, net, x):
+    with tiny.trace(x):
+        if x.sum() > 0:
+            out = tiny.output.save()
+        else:
+            out = (tiny.output * 2).save()
+    assert torch.equal(out, net(x) if x.sum() > 0 else net(x) * 2)

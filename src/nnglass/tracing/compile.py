@@ -367,11 +367,16 @@ def _params(body: list[ast.stmt], names: tuple[str, ...], frame_code: CodeType) 
 
     Other names (globals, builtins) stay free in the compiled body, so they resolve as in the original.
     """
-    stored = {node.id for node in _walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+    stored = _stored(body)
     local = set()
     if frame_code.co_flags & inspect.CO_OPTIMIZED:
         local = {*frame_code.co_varnames, *frame_code.co_cellvars, *frame_code.co_freevars}
     return tuple(name for name in names if name in stored or name in local)
+
+
+def _stored(body: list[ast.stmt]) -> set[str]:
+    """Variables the statements set (not counting nested functions and classes)."""
+    return {node.id for node in _walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
 
 
 def _needs_compiling(body: list[ast.stmt]) -> bool:
@@ -478,11 +483,13 @@ class _Rewriter(ast.NodeTransformer):
     def visit_If(self, node: ast.If) -> ast.With:
         """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
         name = self.fresh("branch")
+        both = sorted(_stored(node.body) & _stored(node.orelse))  # cannot be merged after a proxy condition
         test = self.truth(self.visit(node.test))
         body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
         if node.orelse:
             body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
-        return self.within(node, _runtime("branch", test, ast.Constant(node.lineno)), name, body)
+        call = _runtime("branch", test, ast.Constant(node.lineno), ast.Constant(tuple(both)))
+        return self.within(node, call, name, body)
 
     def visit_For(self, node: ast.For) -> ast.With:
         """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
@@ -611,7 +618,12 @@ class Runtime:
         loop = next((loop for loop in reversed(self.loops) if loop.iterator is not None), None)
         return loop.iterator if loop is not None and loop.owner is context else context
 
-    def branch(self, test: Any, line: int) -> Branch:
+    def branch(self, test: Any, line: int, both: tuple[str, ...] = ()) -> Branch:
+        """An `if`; `both`: variables set in both of its branches, which only a plain condition allows."""
+        if both and _building(test):
+            raise self.error(line, f"`{both[0]}` is set in both branches of an `if` on a proxy: the graph runs "
+                                   f"one branch and keeps no merged value. Set it once, with "
+                                   f"`torch.where(<condition>, a, b)`, or save separate values in each branch.")
         return Branch(self, test)
 
     def loop(self, iterable: Any, line: int) -> Loop:
