@@ -345,6 +345,28 @@ def test_a_compiled_block_is_cached(tiny, x):
     assert len(compile._blocks) == cached
 
 
+def test_the_readme_experiment_in_both_dialects(tiny, net, x, capsys):
+    model = tiny
+    with model.trace(x) as tracer:
+        hidden = model.layer1.output
+        with tracer.cond(hidden.norm() > 1):
+            model.layer1.output[:] = 0
+        tracer.log("norm:", hidden.norm())
+        old = [layer.output.save() for layer in (model.layer1, model.layer2)]
+    with model.trace(x):
+        hidden = model.layer1.output
+        if hidden.norm() > 1:
+            model.layer1.output[:] = 0
+        print("norm:", hidden.norm())
+        outs = nnglass.save([])
+        for layer in (model.layer1, model.layer2):
+            outs.append(layer.output)
+    expected, seen = eager(net, x, (lambda h: h * 0) if net.layer1(x).norm() > 1 else None)
+    assert torch.equal(outs[1], expected) and torch.equal(old[1].value, outs[1].value)
+    logs = capsys.readouterr().out.splitlines()
+    assert logs[0] == logs[1] == f"norm: {seen.norm()!s}"
+
+
 # -- what cannot be compiled raises at the user's line ---------------------------------------------------------
 def test_while_on_a_proxy(tiny, x):
     with pytest.raises(TraceError, match=rf"{line_of('while proxy')}: `while` on a proxy cannot be compiled"):
