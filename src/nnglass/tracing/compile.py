@@ -59,6 +59,7 @@ _local = threading.local()
 @dataclass
 class _Opened:
     """One open context: the user frame of its with-statement, that block, what nnglass.save was given."""
+    context: Any
     frame: FrameType | None
     block: Block | None
     pending: list = field(default_factory=list)
@@ -79,13 +80,14 @@ def enter(context: Any) -> None:
     block = _block(frame) if frame is not None else None
     if block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
         block = block.as_written()
-    _opened().append(_Opened(frame, block))
+    _opened().append(_Opened(context, frame, block))
 
 
 def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any, Any], Any]) -> bool:
     """The context's `__exit__`: run the compiled body (if its original was skipped), close, rebind values."""
     stack = _opened()
     opened = stack[-1]   # popped only at the end: the compiled body's nnglass.save calls land here
+    assert opened.context is context, "contexts must close in the reverse order of opening"
     if opened.frame is not None:
         frames.stop_skipping(opened.frame)
     try:
