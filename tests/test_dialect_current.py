@@ -138,3 +138,25 @@ def test_session_with_plain_lists_and_loops(model, hf, tok):
                 results.append(model.lm_head.output.save())
     for scale, logits in zip((0, 2), results):
         torch.testing.assert_close(logits, eager(hf, tok, {1: lambda h: h * scale})[0])
+
+
+def test_generate_with_a_conditional_edit_on_the_first_step(model, hf, tok):
+    prompt = tok(PROMPT, return_tensors="pt")
+    norm = eager(hf, tok)[1][0].norm().item()
+    for threshold in (norm - 1, norm + 1):
+        with model.generate(PROMPT, max_new_tokens=3, do_sample=False):
+            if model.model.layers[0].output.norm() > threshold:
+                model.model.layers[1].output[:] = 0
+            output = model.generator.output.save()
+        calls = []
+
+        def first_call_zeroed(module, args, out):
+            calls.append(1)
+            return out * 0 if len(calls) == 1 else out
+        handle = hf.model.layers[1].register_forward_hook(first_call_zeroed) if norm > threshold else None
+        try:
+            expected = hf.generate(**prompt, max_new_tokens=3, do_sample=False)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert torch.equal(output, expected)

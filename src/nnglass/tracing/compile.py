@@ -194,7 +194,7 @@ if not hasattr(torch.Tensor, "value"):
 
 def _as_real(proxy: Proxy) -> Any:
     """A finished proxy's real value where that value can also answer `.value`; else the proxy."""
-    if proxy.graph.building:
+    if proxy.graph.building or not proxy.node.saved:
         return proxy
     try:
         value = proxy.value
