@@ -404,23 +404,33 @@ def test_conditional_expression_on_a_proxy(tiny, x):
             y = 1 if tiny.output.sum() > 0 else 2  # ternary
 
 
-def test_return_inside_a_compiled_block(tiny, x):
+def test_return_inside_a_block_runs_it_as_written_and_says_why(tiny, x):
     def experiment():
         with tiny.trace(x):
             if tiny.output.sum() > 0:
                 return 1  # return inside
-    with pytest.raises(TraceError, match=rf"{line_of('return inside')}: `return` inside a with-block"):
+    with pytest.raises(TraceError, match="no truth value") as error:
         experiment()
+    assert error.value.__notes__ == [f"nnglass ran this with-block as written, without compiling it: "
+                                     f"{__file__}:{line_of('return inside')}: it has a `return`: "
+                                     f"assign the result and return after the block"]
     assert not compile._opened()
 
 
-def test_break_out_of_a_compiled_block(tiny, x):
-    with pytest.raises(TraceError, match=rf"{line_of('break out')}: `break` out of a with-block"):
+def test_break_out_of_a_block_runs_it_as_written(tiny, net, x):
+    outs = []
+    for i in range(5):
+        with tiny.trace(x):
+            if i == 2:
+                break  # break out
+            outs.append(tiny.output.save())
+    assert len(outs) == 2 and all(torch.equal(out.value, net(x)) for out in outs)
+    with pytest.raises(TraceError, match="no truth value") as error:
         for _ in range(2):
             with tiny.trace(x):
                 if tiny.output.sum() > 0:
-                    pass
-                break  # break out
+                    break  # outer break
+    assert f"{line_of('outer break')}: it has a `break` out of the block" in error.value.__notes__[0]
 
 
 def test_print_with_keywords_of_a_proxy(tiny, x):

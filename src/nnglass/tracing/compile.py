@@ -13,8 +13,9 @@ written. Either way, after the outermost context ran, saved proxies that the blo
 (also inside lists, dicts and tuples) are replaced in the user's frame by their real values.
 
 Where no source is found (exec'd strings, a REPL without linecache), under another trace
-function (a debugger, coverage) and for one-line blocks (`with m.trace(x): ...`), the body runs
-as written (nnsight 0.4 behaviour).
+function (a debugger, coverage), for one-line blocks (`with m.trace(x): ...`) and for bodies that
+leave the block (`return`, `yield`, `await`, `break`/`continue` of an outer loop), the body runs
+as written (nnsight 0.4 behaviour); a TraceError it raises then carries a note saying why.
 
 The hook into a context (Tracer, Session; nothing else):
   - last line of `__enter__`:     `compile.enter(self)`
@@ -95,6 +96,8 @@ def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any
             _run_compiled(opened, close)
             return True
         _mark_saved(opened.pending)
+        if isinstance(error, TraceError) and opened.block is not None and opened.block.reason is not None:
+            error.add_note(f"nnglass ran this with-block as written, without compiling it: {opened.block.reason}")
         close(kind, error, tb)
         if kind is None and opened.block is not None:
             _rebind_frame(opened)
@@ -134,8 +137,6 @@ def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> Non
 def _call_body(opened: _Opened) -> dict[str, Any]:
     """Call the compiled body with the frame's variables; its variables at the end, without our own."""
     block, frame = opened.block, opened.frame
-    if block.error is not None:
-        raise TraceError(block.error)
     namespace = frames.read(frame)
     body = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)
     values = body(Runtime(block.filename), **{n: namespace[n] for n in block.params if n in namespace})
@@ -262,11 +263,11 @@ class Block:
     names: tuple[str, ...]           # variables the body refers to: rebound to real values after
     code: CodeType | None = None     # the compiled body (a function of `__nnglass__` and params)
     params: tuple[str, ...] = ()     # the frame's variables the compiled body reads or sets
-    error: str | None = None         # what cannot be compiled, raised when the block runs
+    reason: str | None = None        # why a block that needs compiling runs as written
 
     @property
     def runs_compiled(self) -> bool:
-        return self.code is not None or self.error is not None
+        return self.code is not None
 
     @property
     def defaults(self) -> tuple:
@@ -313,7 +314,7 @@ def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block 
     try:
         code = _compile_body(copy.deepcopy(node.body), params, filename, first)
     except _Unsupported as unsupported:
-        return Block(filename, first, names, error=f"{filename}:{unsupported.line}: {unsupported}")
+        return Block(filename, first, names, reason=f"{filename}:{unsupported.line}: {unsupported}")
     return Block(filename, first, names, code, params)
 
 
@@ -444,11 +445,11 @@ def _runtime(method: str, *args: ast.expr) -> ast.Call:
 
 
 _NOT_IN_BLOCK = {
-    ast.Return: "`return` inside a with-block that nnglass compiles: assign the result and return after the block",
-    ast.Yield: "`yield` inside a with-block that nnglass compiles: collect values and yield after the block",
-    ast.YieldFrom: "`yield from` inside a with-block that nnglass compiles: yield after the block",
-    ast.Await: "`await` inside a with-block that nnglass compiles: await before or after the block",
-    ast.Nonlocal: "`nonlocal` inside a with-block that nnglass compiles: declare it before the block",
+    ast.Return: "it has a `return`: assign the result and return after the block",
+    ast.Yield: "it has a `yield`: collect the values and yield after the block",
+    ast.YieldFrom: "it has a `yield from`: yield after the block",
+    ast.Await: "it has an `await`: await before or after the block",
+    ast.Nonlocal: "it has a `nonlocal` statement: declare the name before the block",
 }
 
 
@@ -524,7 +525,7 @@ class _Rewriter(ast.NodeTransformer):
     def jump(self, node: ast.stmt, method: str) -> ast.If:
         if not self.loops:
             word = method.rstrip("_")
-            raise _Unsupported(node.lineno, f"`{word}` out of a with-block that nnglass compiles: "
+            raise _Unsupported(node.lineno, f"it has a `{word}` out of the block: "
                                             f"set a flag inside the block and {word} after it")
         test = _call(_attr(_name(self.loops[-1]), method), [ast.Constant(node.lineno)])
         return ast.copy_location(ast.If(test, [node], []), node)
