@@ -57,9 +57,12 @@ def stop_skipping(frame: FrameType) -> None:
         sys.settrace(None)
 
 
+_LOCALS_TO_FAST = getattr(ctypes.pythonapi, "PyFrame_LocalsToFast", None)  # gone in 3.13: f_locals writes through
+
+
 def _optimized(frame: FrameType) -> bool:
-    """A function frame: its variables are fast locals, and f_locals is a snapshot dict kept on the frame."""
-    return bool(frame.f_code.co_flags & inspect.CO_OPTIMIZED)
+    """A function frame whose f_locals is a snapshot dict kept on the frame (Python before 3.13)."""
+    return bool(frame.f_code.co_flags & inspect.CO_OPTIMIZED) and _LOCALS_TO_FAST is not None
 
 
 def read(frame: FrameType) -> dict[str, Any]:
@@ -79,5 +82,5 @@ def write(frame: FrameType, values: dict[str, Any]) -> None:
     namespace = frame.f_locals
     namespace.update(values)
     if _optimized(frame):
-        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+        _LOCALS_TO_FAST(ctypes.py_object(frame), ctypes.c_int(0))
         namespace.clear()
