@@ -340,9 +340,9 @@ def test_a_compiled_block_is_cached(tiny, x):
             if tiny.layer1.output.sum() > 0:
                 pass
     run()
-    cached = len(compile._blocks)
+    cached = compile._blocks[run.__code__]
     run()
-    assert len(compile._blocks) == cached
+    assert compile._blocks[run.__code__] is cached and len(cached) == 1
 
 
 def test_the_readme_experiment_in_both_dialects(tiny, net, x, capsys):

@@ -39,6 +39,7 @@ import linecache
 import operator
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from types import CodeType, FrameType, FunctionType
 from typing import Any, Callable
@@ -278,24 +279,26 @@ class Block:
         return Block(self.filename, self.first_line, self.names)
 
 
-_blocks: dict[tuple[CodeType, int], Block | None] = {}   # (frame code, offset of the with) -> block
-_COMPILED: set[CodeType] = set()                         # code of compiled bodies
+# frame code -> {offset of the with: block}; weak, so code run once (exec, notebook cells) is not kept
+_blocks: weakref.WeakKeyDictionary[CodeType, dict[int, Block | None]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakSet[CodeType] = weakref.WeakSet()  # code of compiled bodies
 
 
 def _block(frame: FrameType) -> Block | None:
     """The block of the with-statement frame is entering (cached per code object and offset)."""
-    key = (frame.f_code, frame.f_lasti)
-    try:
-        return _blocks[key]
-    except KeyError:
-        pass
+    code, offset = frame.f_code, frame.f_lasti
+    known = _blocks.get(code)
+    if known is None:
+        known = _blocks[code] = {}
+    elif offset in known:
+        return known[offset]
     try:
         block = _read_block(frame.f_code, frame.f_lineno, frame.f_globals)
     except Exception as error:  # source we cannot handle: the block runs as written, as without source
         warnings.warn(f"nnglass could not compile the with-block at {frame.f_code.co_filename}:{frame.f_lineno} "
                       f"({error!r}); it runs as written.", stacklevel=4)
         block = None
-    _blocks[key] = block
+    known[offset] = block
     return block
 
 
