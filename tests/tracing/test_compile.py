@@ -155,6 +155,55 @@ def test_nested_loops_with_edits(deep):
     assert torch.allclose(out, eager_layers(layers, x, zero_even))
 
 
+def test_break_under_a_proxy_condition_in_a_trace_loop(deep):
+    layers, model = deep
+    x = torch.rand(2, 4)
+    sums = []
+    eager_layers(layers, x, lambda n, o: sums.append((o * 2).sum().item()))
+    for threshold in (min(sums) - 1e3, sums[1] - 1e-3 if sums[1] > sums[0] else max(sums) + 1e3, max(sums) + 1e3):
+        with model.trace(x):
+            for i in range(3):
+                model[i].output[:] = model[i].output * 2
+                if model[i].output.sum() > threshold:
+                    break
+            else:
+                model[2].output[:] = 0
+            out = model.output.save()
+        state = {"stopped": False}
+
+        def edit(n, o):
+            if state["stopped"]:
+                return o
+            o = o * 2
+            state["stopped"] = o.sum().item() > threshold
+            return o * 0 if n == 2 and not state["stopped"] else o
+        assert torch.allclose(out, eager_layers(layers, x, edit)), threshold
+
+
+def test_continue_under_a_proxy_condition_in_a_trace_loop(deep):
+    layers, model = deep
+    x = torch.rand(2, 4)
+    with model.trace(x):
+        for i in range(3):
+            if model[i].output.sum() > 0:
+                continue
+            model[i].output[:] = 0
+        out = model.output.save()
+    assert torch.allclose(out, eager_layers(layers, x, lambda n, o: o if o.sum() > 0 else o * 0))
+
+
+def test_continue_and_break_in_a_session_loop(tiny):
+    with tiny.session():
+        got = nnglass.list().save()
+        for item in nnglass.list([1, 2, 3, 4]):
+            if item == 2:
+                continue
+            if item == 4:
+                break
+            got.append(item)
+    assert got == [1, 3]
+
+
 def test_for_over_a_proxy_in_a_trace_is_unrolled_by_its_shape(tiny, net, x):
     with tiny.trace(x) as tracer:
         rows = []
@@ -376,19 +425,13 @@ def test_while_on_a_proxy(tiny, x):
     assert not compile._opened()
 
 
-def test_break_under_a_proxy_condition_in_a_trace_loop(tiny, x):
-    with pytest.raises(TraceError, match=rf"{line_of('proxy break')}: `break` under an `if` on a proxy"):
+def test_break_under_nested_proxy_conditions(tiny, x):
+    with pytest.raises(TraceError, match=rf"{line_of('nested break')}: `break` under nested `if`s on proxies"):
         with tiny.trace(x):
             for _ in range(3):
                 if tiny.layer1.output.sum() > 0:
-                    break  # proxy break
-
-
-def test_continue_in_a_session_loop(tiny):
-    with pytest.raises(TraceError, match=rf"{line_of('session continue')}: `continue` in a loop over a proxy"):
-        with tiny.session():
-            for item in nnglass.list([1, 2]):
-                continue  # session continue
+                    if tiny.layer1.output.max() > 0:
+                        break  # nested break
 
 
 def test_loop_over_a_proxy_without_a_length(tiny, x):

@@ -613,7 +613,7 @@ class Runtime:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.loops: list[Loop] = []   # open loops, innermost last
-        self.branches = 0             # open branches on proxies
+        self.branches: list[Branch] = []   # open branches on proxies, innermost last
 
     def error(self, line: int, message: str) -> TraceError:
         return TraceError(f"{self.filename}:{line}: {message}")
@@ -656,7 +656,7 @@ class Runtime:
 
     def print(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """print now, or as a log node when it prints proxies, is under a proxy condition or in a session loop."""
-        deferred = self.branches or any(loop.iterator is not None for loop in self.loops)
+        deferred = self.branches or any(loop.iterator is not None or loop.guards for loop in self.loops)
         if fn is not builtins.print or not (deferred or any(_building(a) for a in args)):
             return fn(*args, **kwargs)
         if kwargs:
@@ -693,6 +693,8 @@ class Branch:
         self.on_proxy = _building(test)
         self.test = test if self.on_proxy else bool(test)
         self.condition: Any = None
+        self.in_else = False
+        self.jumps: list[tuple[Loop, str, bool]] = []   # (loop, "break"/"continue", from the else-branch)
 
     def __enter__(self) -> Branch:
         return self
@@ -709,26 +711,34 @@ class Branch:
         if not self.on_proxy:
             return not self.test
         self.close()
+        self.in_else = True
         self.open(_apply(operator.not_, self.test))
         return True
 
     def open(self, condition: Any) -> None:
         self.condition = self.runtime.scope().cond(condition)
         self.condition.__enter__()
-        self.runtime.branches += 1
+        self.runtime.branches.append(self)
 
     def close(self) -> None:
         if self.condition is not None:
             self.condition.__exit__(None, None, None)
             self.condition = None
-            self.runtime.branches -= 1
+            self.runtime.branches.pop()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        """Close the condition; a loop left by `break`/`continue` in a branch goes on only where it was not taken."""
         self.close()
+        for loop, word, from_else in self.jumps if kind is None else ():
+            loop.go_on(self.test if from_else else _apply(operator.not_, self.test), word)
 
 
 class Loop:
-    """`for` (or `while`) in a compiled body: over a proxy a session loop or an unrolled one, else a plain loop."""
+    """`for` (or `while`) in a compiled body: over a proxy a session loop or an unrolled one, else a plain loop.
+
+    `break` or `continue` directly under an `if` on a proxy is recorded as a guard: the rest of the
+    loop (for `break`) or of this iteration (for `continue`) runs only where the `if` did not jump.
+    """
 
     def __init__(self, runtime: Runtime, iterable: Any, line: int) -> None:
         self.runtime = runtime
@@ -736,7 +746,8 @@ class Loop:
         self.line = line
         self.owner = contexts.current()
         self.iterator: Any = None        # the session loop's context, for a proxy in a session
-        self.branches = runtime.branches
+        self.depth = len(runtime.branches)
+        self.guards: list[tuple[Any, Any, str]] = []   # open (condition context, condition, word)
 
     def __enter__(self) -> Loop:
         self.runtime.loops.append(self)
@@ -744,11 +755,17 @@ class Loop:
 
     def __iter__(self) -> Any:
         if not _building(self.iterable):
-            return iter(self.iterable)
+            return self.iterations(self.iterable)
         if _is_session(self.owner):
             item, self.iterator = self.owner.iter(self.iterable, return_context=True).__enter__()
             return iter([item])
-        return self.unrolled()
+        return self.iterations(self.unrolled())
+
+    def iterations(self, items: Any) -> Any:
+        """items, ending each iteration's `continue` guards before the next one starts."""
+        for item in items:
+            yield item
+            self.end_iteration()
 
     def unrolled(self) -> Any:
         """The items of a proxy in a trace, one proxy each, by its length known while tracing."""
@@ -765,22 +782,47 @@ class Loop:
         if self.iterator is not None:
             self.iterator.exit()
             return False
-        return self.plain_jump("break", line)
+        return self.jump("break", line)
 
     def continue_(self, line: int) -> bool:
-        if self.iterator is not None:
-            raise self.runtime.error(line, "`continue` in a loop over a proxy in a session cannot be compiled: "
-                                           "put the rest of the loop body under an `if` instead.")
-        return self.plain_jump("continue", line)
+        return self.jump("continue", line)
 
-    def plain_jump(self, word: str, line: int) -> bool:
-        if self.runtime.branches > self.branches:
-            raise self.runtime.error(line, f"`{word}` under an `if` on a proxy cannot be compiled here: this loop "
-                                           f"is unrolled while the trace is recorded, before any value exists. "
-                                           f"Guard the rest of the loop with `if not <condition>:` instead.")
-        return True
+    def jump(self, word: str, line: int) -> bool:
+        """Whether to really jump: under one `if` on a proxy, the jump becomes a guard when that `if` ends."""
+        depth = len(self.runtime.branches) - self.depth
+        if depth == 0:
+            return True
+        if depth > 1:
+            raise self.runtime.error(line, f"`{word}` under nested `if`s on proxies cannot be compiled: the graph "
+                                           f"cannot tell where the loop stopped. Combine the conditions into one "
+                                           f"`if` (with `and`), or guard the rest of the loop with `if not ...:`.")
+        if self.iterable is None and word == "continue":
+            raise self.runtime.error(line, "`continue` under an `if` on a proxy in a `while` loop cannot be "
+                                           "compiled: loop with `for` over a `range(...)` instead.")
+        branch = self.runtime.branches[-1]
+        branch.jumps.append((self, word, branch.in_else))
+        return False
+
+    def go_on(self, condition: Any, word: str) -> None:
+        """Record the rest of the loop (or of this iteration) under condition."""
+        context = self.runtime.scope().cond(condition)
+        context.__enter__()
+        self.guards.append((context, condition, word))
+
+    def close_guards(self) -> list[tuple[Any, Any, str]]:
+        closed, self.guards = self.guards, []
+        for context, _, _ in reversed(closed):
+            context.__exit__(None, None, None)
+        return closed
+
+    def end_iteration(self) -> None:
+        """Close this iteration's guards; the guards of `break`s stay for the iterations left."""
+        for _, condition, word in self.close_guards():
+            if word == "break":
+                self.go_on(condition, word)
 
     def __exit__(self, *exc: Any) -> None:
+        self.close_guards()
         self.runtime.loops.pop()
         if self.iterator is not None:
             self.iterator.__exit__(*exc)
