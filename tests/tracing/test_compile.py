@@ -6,6 +6,7 @@ import copy
 import io
 import pickle
 import runpy
+import sys
 import textwrap
 from multiprocessing.reduction import ForkingPickler
 
@@ -498,3 +499,20 @@ def test_a_variable_set_in_both_branches_of_a_plain_if(tiny, net, x):
         else:
             out = (tiny.output * 2).save()
     assert torch.equal(out, net(x) if x.sum() > 0 else net(x) * 2)
+
+
+def test_under_another_trace_function_the_block_runs_as_written(tiny, x):
+    sys.settrace(lambda *args: None)
+    try:
+        with pytest.raises(TraceError, match="no truth value") as error:
+            with tiny.trace(x):
+                if tiny.output.sum() > 0:
+                    pass
+    finally:
+        sys.settrace(None)
+    assert "another trace function (a debugger, coverage) is active" in error.value.__notes__[0]
+
+
+def test_a_one_line_block_runs_as_written_and_gives_real_values(tiny, net, x):
+    with tiny.trace(x): out = tiny.output.save()  # noqa: E701
+    assert type(out) is torch.Tensor and torch.equal(out, net(x))

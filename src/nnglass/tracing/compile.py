@@ -5,7 +5,8 @@
 entering such a block we read its source (linecache), rewrite those statements into calls of a
 `Runtime` that decide at run time (a proxy condition becomes `context.cond(...)`, a plain one stays
 an `if`; a loop over a proxy becomes `session.iter(...)` in a session and is unrolled by its
-`.shape[0]` in a trace; `print` of a proxy becomes `context.log(...)`), and compile the result as a
+`.shape[0]` in a trace; `break`/`continue` under an `if` on a proxy guard the rest of the loop;
+`print` of a proxy becomes `context.log(...)`), and compile the result as a
 function with the user's file and line numbers. The original body is skipped: a trace function
 raises `SkipBody` at its first line and the context's `__exit__` runs the compiled body instead,
 then writes its variables back into the user's frame. A body that needs no rewriting runs as
@@ -17,7 +18,7 @@ function (a debugger, coverage), for one-line blocks (`with m.trace(x): ...`) an
 leave the block (`return`, `yield`, `await`, `break`/`continue` of an outer loop), the body runs
 as written (nnsight 0.4 behaviour); a TraceError it raises then carries a note saying why.
 
-The hook into a context (Tracer, Session; nothing else):
+The hook into a context (Tracer, Session; Editor inherits Tracer's and overrides `_close`):
   - last line of `__enter__`:     `compile.enter(self)`
   - `__exit__` becomes:           `return compile.exit(self, exc_type, exc, tb, self._close)`
     where `_close(exc_type, exc, tb)` is the old `__exit__` body (cleanup, then run the graph when
@@ -25,8 +26,10 @@ The hook into a context (Tracer, Session; nothing else):
     `_close` exactly once (with the body's exception, if any), and returns True when it suppressed
     `SkipBody`. Contexts nest strictly, so the open blocks are a per-thread stack.
 Besides, compiled code uses only public API: `context.cond`, `context.log`, `session.iter`,
-`iterator.exit/cond/log`, `nnglass.apply`, `Proxy.shape`, plus `contexts.current()` (innermost open
-context) and `proxy.graph.building` (still recording).
+`iterator.exit/cond/log`, `nnglass.apply`, `Proxy.shape`, `Proxy.save`, `Proxy.value`, plus
+`contexts.current()` (innermost open context), `proxy.graph.building` (still recording) and
+`proxy.node.saved`. A context counts as a session when it has no `invoke` method.
+Importing this module gives `torch.Tensor` a `value` property (the tensor itself).
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def enter(context: Any) -> None:
         frame = None  # inside a compiled body: the outermost block was compiled whole
     block = _block(frame) if frame is not None else None
     if block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
-        block = block.as_written()
+        block = block.as_written("another trace function (a debugger, coverage) is active")
     _opened().append(_Opened(context, frame, block))
 
 
@@ -274,9 +277,9 @@ class Block:
     def defaults(self) -> tuple:
         return (_UNSET,) * len(self.params)
 
-    def as_written(self) -> Block:
+    def as_written(self, reason: str) -> Block:
         """The same block, run as written."""
-        return Block(self.filename, self.first_line, self.names)
+        return Block(self.filename, self.first_line, self.names, reason=reason)
 
 
 # frame code -> {offset of the with: block}; weak, so code run once (exec, notebook cells) is not kept
@@ -311,8 +314,10 @@ def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block 
         return None
     first = min([node.body[0].lineno] + [d.lineno for d in getattr(node.body[0], "decorator_list", ())])
     names = _names(node.body)
-    if first <= _header_end(node) or not _needs_compiling(node.body):
+    if not _needs_compiling(node.body):
         return Block(filename, first, names)
+    if first <= _header_end(node):
+        return Block(filename, first, names, reason="its body is on the line of the `with`: start it on a new line")
     params = _params(node.body, names, frame_code)
     try:
         code = _compile_body(copy.deepcopy(node.body), params, filename, first)
