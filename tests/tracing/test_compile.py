@@ -217,6 +217,21 @@ def test_for_over_a_proxy_in_a_trace_is_unrolled_by_its_shape(tiny, net, x):
     assert all(torch.equal(r, h) for r, h in zip(rows, hidden))
 
 
+def test_loop_targets_unpack_proxy_items(tiny, net, x):
+    with tiny.trace(x):
+        pairs = tiny.layer1.output.reshape(5, 2)
+        firsts = []
+        for first, second in pairs:
+            firsts.append((first - second).save())
+    pairs = net.layer1(x).reshape(5, 2)
+    assert all(torch.equal(got, a - b) for got, (a, b) in zip(firsts, pairs))
+    with tiny.session():
+        sums = nnglass.list().save()
+        for a, b in nnglass.list([(1, 2), (3, 4)]):
+            sums.append(a + b)
+    assert sums == [3, 7]
+
+
 def test_for_over_a_proxy_in_a_session_is_a_session_loop(tiny):
     with tiny.session():
         items = nnglass.list([1, 2, 3, 4])

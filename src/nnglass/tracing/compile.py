@@ -506,8 +506,18 @@ class _Rewriter(ast.NodeTransformer):
         """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
         name = self.fresh("loop")
         iterable = self.visit(node.iter)
-        loop = ast.For(node.target, _name(name), self.loop_body(name, node.body), self.block(node.orelse), None)
+        target, body = self.unpacking(node)
+        loop = ast.For(target, _name(name), body + self.loop_body(name, node.body), self.block(node.orelse), None)
         return self.within(node, _runtime("loop", iterable, ast.Constant(node.lineno)), name, [loop])
+
+    def unpacking(self, node: ast.For) -> tuple[ast.expr, list[ast.stmt]]:
+        """`for a, b in it` -> `for t in it: a, b = rt.unpack(t, 2)`, so that items that are proxies unpack."""
+        target = node.target
+        if not isinstance(target, (ast.Tuple, ast.List)) or any(isinstance(e, ast.Starred) for e in target.elts):
+            return target, []
+        item = self.fresh("item")
+        unpack = _runtime("unpack", _name(item), ast.Constant(len(target.elts)), ast.Constant(node.lineno))
+        return ast.Name(item, ast.Store()), [ast.copy_location(ast.Assign([target], unpack), node)]
 
     def visit_While(self, node: ast.While) -> ast.With:
         """`while c: A` -> a loop whose test must be a plain value (`while` on a proxy cannot be compiled)."""
@@ -645,6 +655,20 @@ class Runtime:
         if _building(test):
             raise self.error(line, _ADVICE[kind])
         return test
+
+    def unpack(self, item: Any, count: int, line: int) -> Any:
+        """A loop item for a target of count names: a proxy gives its first count elements."""
+        if not _building(item):
+            return item
+        if self.loops[-1].iterator is None:
+            try:
+                length = operator.index(item.shape[0])
+            except Exception:
+                raise self.error(line, f"cannot unpack a proxy into {count} names: its length is not known "
+                                       f"while tracing. Index it instead.") from None
+            if length != count:
+                raise self.error(line, f"cannot unpack a proxy of length {length} into {count} names.")
+        return tuple(item[i] for i in range(count))
 
     def not_(self, value: Any) -> Any:
         return _apply(operator.not_, value) if _building(value) else not value
