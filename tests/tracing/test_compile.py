@@ -531,3 +531,13 @@ def test_under_another_trace_function_the_block_runs_as_written(tiny, x):
 def test_a_one_line_block_runs_as_written_and_gives_real_values(tiny, net, x):
     with tiny.trace(x): out = tiny.output.save()  # noqa: E701
     assert type(out) is torch.Tensor and torch.equal(out, net(x))
+
+
+def test_a_saved_value_of_a_branch_that_did_not_run_leaves_the_variable_as_it_was(tiny, net, x):
+    found, missing = None, None
+    with tiny.trace(x):
+        if tiny.output.sum() > -1e6:
+            found = tiny.output.save()
+        if tiny.output.sum() > 1e6:
+            missing = (tiny.output * 2).save()
+    assert torch.equal(found, net(x)) and missing is None

@@ -123,7 +123,7 @@ def save(value: Any) -> Any:
 def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
     """Run the compiled body, then close the context with its outcome; write the variables back."""
     try:
-        values = _call_body(opened)
+        before, values = _call_body(opened)
         _mark_saved(opened.pending)
     except BaseException as exc:
         close(type(exc), exc, exc.__traceback__)
@@ -133,18 +133,30 @@ def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> Non
     except BaseException as exc:
         raise _without_skip(exc)
     finally:
-        frames.write(opened.frame, {name: _real(value) for name, value in values.items()})
+        frames.write(opened.frame, {name: _after(value, before.get(name, value)) for name, value in values.items()})
         for value in opened.pending:
             _real(value)
 
 
-def _call_body(opened: _Opened) -> dict[str, Any]:
-    """Call the compiled body with the frame's variables; its variables at the end, without our own."""
+def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Call the compiled body with the frame's variables: those variables, and the body's at its end."""
     block, frame = opened.block, opened.frame
     namespace = frames.read(frame)
-    body = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)
-    values = body(Runtime(block.filename), **{n: namespace[n] for n in block.params if n in namespace})
-    return {name: value for name, value in values.items() if not name.startswith("__nnglass")}
+    before = {name: namespace[name] for name in block.params if name in namespace}
+    values = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)(Runtime(block.filename), **before)
+    return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
+
+
+def _after(value: Any, before: Any) -> Any:
+    """A variable's value after a compiled block: real values; a saved proxy whose node never ran (its
+    `if` did not hold, the model stopped first) gives back the value the variable had before the block."""
+    real = _real(value)
+    if real is value and isinstance(value, Proxy) and value.node.saved and not value.graph.building:
+        try:
+            value.value
+        except ValueError:
+            return before
+    return real
 
 
 def _without_skip(exc: BaseException) -> BaseException:
