@@ -498,13 +498,23 @@ def test_print_with_keywords_of_a_proxy(tiny, x):
             print(tiny.output, sep=", ")
 
 
-def test_a_variable_set_in_both_branches_of_a_proxy_if(tiny, x):
+def test_a_variable_set_in_both_branches_of_a_proxy_if(tiny, net, x):
+    with tiny.trace(x):
+        if tiny.layer1.output.sum() > -1e6:
+            h = tiny.layer1.output
+            tiny.layer1.output[:] = h * 2
+        else:
+            h = tiny.layer1.output
+            tiny.layer1.output[:] = h * 0
+        out = tiny.output.save()
+    assert torch.allclose(out, eager(net, x, lambda h: h * 2)[0])  # fine while it is not used after the if
     with pytest.raises(TraceError, match=rf"{line_of('both branches')}: `out` is set in both branches"):
         with tiny.trace(x):
             if tiny.output.sum() > 0:  # both branches
-                out = tiny.output.save()
+                out = tiny.output * 1
             else:
-                out = (tiny.output * 2).save()
+                out = tiny.output * 2
+            out.save()
 
 
 def test_a_variable_set_in_both_branches_of_a_plain_if(tiny, net, x):

@@ -503,7 +503,7 @@ class _Rewriter(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
 
-    def visit_If(self, node: ast.If) -> ast.With:
+    def visit_If(self, node: ast.If) -> list[ast.stmt]:
         """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
         name = self.fresh("branch")
         both = sorted(_stored(node.body) & _stored(node.orelse))  # cannot be merged after a proxy condition
@@ -511,8 +511,14 @@ class _Rewriter(ast.NodeTransformer):
         body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
         if node.orelse:
             body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
-        call = _runtime("branch", test, ast.Constant(node.lineno), ast.Constant(tuple(both)))
-        return self.within(node, call, name, body)
+        call = _runtime("branch", test, ast.Constant(node.lineno))
+        return [self.within(node, call, name, body), *(self.merged(node, name, var) for var in both)]
+
+    def merged(self, node: ast.If, branch: str, var: str) -> ast.Try:
+        """`try: var = b.merged("var", var) except NameError: pass`, after an if that sets var in both branches."""
+        value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var)])
+        handler = ast.ExceptHandler(_name("NameError"), None, [ast.Pass()])
+        return ast.copy_location(ast.Try([ast.Assign([ast.Name(var, ast.Store())], value)], [handler], [], []), node)
 
     def visit_For(self, node: ast.For) -> ast.With:
         """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
@@ -651,13 +657,8 @@ class Runtime:
         loop = next((loop for loop in reversed(self.loops) if loop.iterator is not None), None)
         return loop.iterator if loop is not None and loop.owner is context else context
 
-    def branch(self, test: Any, line: int, both: tuple[str, ...] = ()) -> Branch:
-        """An `if`; `both`: variables set in both of its branches, which only a plain condition allows."""
-        if both and _building(test):
-            raise self.error(line, f"`{both[0]}` is set in both branches of an `if` on a proxy: the graph runs "
-                                   f"one branch and keeps no merged value. Set it once, with "
-                                   f"`torch.where(<condition>, a, b)`, or save separate values in each branch.")
-        return Branch(self, test)
+    def branch(self, test: Any, line: int) -> Branch:
+        return Branch(self, test, self.error(line, ""))
 
     def loop(self, iterable: Any, line: int) -> Loop:
         return Loop(self, iterable, line)
@@ -726,11 +727,42 @@ def _convert(value: Any, conversion: int) -> Any:
     return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
 
 
+class _Unmerged:
+    """What a variable set in both branches of an `if` on a proxy holds afterwards: any use raises."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        object.__setattr__(self, "message", message)
+
+    def fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise TraceError(self.message)
+
+    def __getattr__(self, name: str) -> Any:
+        self.fail()
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        next(a for a in (*args, *(kwargs or {}).values()) if isinstance(a, _Unmerged)).fail()
+
+    def __repr__(self) -> str:
+        return f"<unusable: {self.message}>"
+
+
+for _name_ in ("setattr", "getitem", "setitem", "call", "bool", "iter", "len", "format", *(
+        f"{r}{op}" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+                              "xor", "lshift", "rshift") for r in ("", "r", "i")),
+        "lt", "le", "eq", "ne", "gt", "ge", "neg", "pos", "abs", "invert", "index", "int", "float"):
+    setattr(_Unmerged, f"__{_name_}__", _Unmerged.fail)
+del _name_
+
+
 class Branch:
     """`if` in a compiled body: a condition of the graph on a proxy, a plain `if` otherwise."""
 
-    def __init__(self, runtime: Runtime, test: Any) -> None:
+    def __init__(self, runtime: Runtime, test: Any, where: TraceError) -> None:
         self.runtime = runtime
+        self.where = str(where)   # "file:line: " of the if
         self.on_proxy = _building(test)
         self.test = test if self.on_proxy else bool(test)
         self.condition: Any = None
@@ -766,6 +798,12 @@ class Branch:
             self.condition.__exit__(None, None, None)
             self.condition = None
             self.runtime.branches.pop()
+
+    def merged(self, name: str, value: Any) -> Any:
+        """A variable set in both branches: its value after a plain `if`; unusable after one on a proxy."""
+        return _Unmerged(f"{self.where}`{name}` is set in both branches of this `if` on a proxy, and the graph "
+                         f"keeps no merged value: use it inside each branch, or set it once with "
+                         f"`torch.where(<condition>, a, b)`.") if self.on_proxy else value
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
         """Close the condition; a loop left by `break`/`continue` in a branch goes on only where it was not taken."""
