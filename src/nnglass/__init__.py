@@ -13,6 +13,7 @@ from .intervention.session import Session
 from .intervention.trace import Trace as Tracer
 from .modeling.base import NNsight
 from .modeling.language import LanguageModel
+from .tracing import compile as _compile
 from .tracing.errors import ExecutionError, TraceError
 from .tracing.local import current as _current
 from .tracing.proxy import Proxy
@@ -41,8 +42,8 @@ def apply(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def save(value: Any) -> Any:
-    """Keep value after the trace (`nnglass.save(x)` is `x.save()`; plain values are returned as they are)."""
-    return value.save() if isinstance(value, Proxy) else value
+    """Keep value after the trace (nnsight 0.5's `nnsight.save`): a proxy, or a list/dict/tuple holding proxies."""
+    return _compile.save(value)
 
 
 def _builtin(kind: type) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
+from . import compile
 from .errors import TraceError
 from .graph import Graph
 from .local import current, stack
@@ -74,9 +75,14 @@ class Tracer:
             self._recording.enter_context(patching())
             entered = self.begin()
             self._undo = stack_.pop_all()
+        compile.enter(self)  # native control flow: the block may run compiled (tracing/compile.py)
         return self if entered is None else entered
 
-    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+        return compile.exit(self, kind, error, tb, self._close)
+
+    def _close(self, kind: Any, error: Any, tb: Any) -> None:
+        """Stop recording; run (or hand over) the graph unless the block failed; undo the rest."""
         try:
             self._recording.close()
             if kind is None:

@@ -1,0 +1,610 @@
+"""Native Python control flow in a with-block, compiled into graph constructs; real values after the block.
+
+`if`, `for`, `while`, `break`/`continue`, `print(...)` and f-strings inside `with model.trace(...)`,
+`model.generate(...)` or `model.session()` cannot run as written: a proxy has no value yet. On
+entering such a block we read its source (linecache), rewrite those statements into calls of a
+`Runtime` (tracing/runtime.py) that decide at run time (a proxy condition becomes
+`context.cond(...)`, a plain one stays an `if`; a loop over a proxy becomes `session.iter(...)`
+in a session and is unrolled by its `.shape[0]` in a trace; `break`/`continue` under an `if` on
+a proxy guard the rest of the loop; `print` of a proxy becomes `context.log(...)`), and compile
+the result as a function with the user's file and line numbers. The original body is skipped: a trace function
+raises `SkipBody` at its first line and the context's `__exit__` runs the compiled body instead,
+then writes its variables back into the user's frame. A body that needs no rewriting runs as
+written. Either way, after the outermost context ran, saved proxies that the block refers to
+(also inside lists, dicts and tuples) are replaced in the user's frame by their real values.
+
+Where no source is found (exec'd strings, a REPL without linecache), under another trace
+function (a debugger, coverage), for one-line blocks (`with m.trace(x): ...`) and for bodies that
+leave the block (`return`, `yield`, `await`, `break`/`continue` of an outer loop), the body runs
+as written (nnsight 0.4 behaviour); a TraceError it raises then carries a note saying why.
+
+The hook into a context (Tracer, Session; Editor inherits Tracer's and overrides `_close`):
+  - last line of `__enter__`:     `compile.enter(self)`
+  - `__exit__` becomes:           `return compile.exit(self, exc_type, exc, tb, self._close)`
+    where `_close(exc_type, exc, tb)` is the old `__exit__` body (cleanup, then run the graph when
+    exc_type is None). `compile.exit` runs the compiled body while the context is still open, calls
+    `_close` exactly once (with the body's exception, if any), and returns True when it suppressed
+    `SkipBody`. Contexts nest strictly, so the open blocks are a per-thread stack.
+Besides, compiled code uses only public API: `context.cond`, `context.log`, `session.iter`,
+`iterator.exit/cond/log`, `nnglass.apply`, `Proxy.shape`, `Proxy.save`, `Proxy.value`, plus
+`local.current()` (innermost open recorder), `proxy.experiment.building` (still recording) and
+`proxy.node.saved`. A context counts as a session when it has no `invoke` method.
+Importing this module gives `torch.Tensor` a `value` property (the tensor itself).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import inspect
+import linecache
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from types import CodeType, FrameType, FunctionType
+from typing import Any, Callable
+
+import torch
+
+from . import frames
+from .errors import TraceError
+from .proxy import Proxy
+from .runtime import UNSET, Runtime
+
+__all__ = ["enter", "exit", "save"]
+
+_BODY = "__nnglass_body__"
+_RUNTIME = "__nnglass__"
+_local = threading.local()
+
+
+# -- the hook -----------------------------------------------------------------------------------------
+@dataclass
+class _Opened:
+    """One open context: the user frame of its with-statement, that block, what nnglass.save was given."""
+    context: Any
+    frame: FrameType | None
+    block: Block | None
+    pending: list = field(default_factory=list)
+
+
+def _opened() -> list[_Opened]:
+    stack = getattr(_local, "opened", None)
+    if stack is None:
+        stack = _local.opened = []
+    return stack
+
+
+def enter(context: Any) -> None:
+    """Called last in a context's `__enter__`: find its with-block, arrange to run it compiled if needed."""
+    frame = frames.with_frame()
+    if frame is not None and frame.f_code in _COMPILED:
+        frame = None  # inside a compiled body: the outermost block was compiled whole
+    block = _block(frame) if frame is not None else None
+    if block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
+        block = block.as_written("another trace function (a debugger, coverage) is active")
+    _opened().append(_Opened(context, frame, block))
+
+
+def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any, Any], Any]) -> bool:
+    """The context's `__exit__`: run the compiled body (if its original was skipped), close, rebind values."""
+    stack = _opened()
+    opened = stack[-1]   # popped only at the end: the compiled body's nnglass.save calls land here
+    assert opened.context is context, "contexts must close in the reverse order of opening"
+    if opened.frame is not None:
+        frames.stop_skipping(opened.frame)
+    try:
+        if isinstance(error, frames.SkipBody):
+            _run_compiled(opened, close)
+            return True
+        _mark_saved(opened.pending)
+        if isinstance(error, TraceError) and opened.block is not None and opened.block.reason is not None:
+            error.add_note(f"nnglass ran this with-block as written, without compiling it: {opened.block.reason}")
+        close(kind, error, tb)
+        if kind is None and opened.block is not None:
+            _rebind_frame(opened)
+        return False
+    finally:
+        stack.pop()
+
+
+def save(value: Any) -> Any:
+    """`nnglass.save(obj)`: a proxy is saved now; every proxy inside a container when its block ends."""
+    if isinstance(value, Proxy):
+        return value.save()
+    stack = _opened()
+    if stack:
+        stack[-1].pending.append(value)
+    return value
+
+
+def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
+    """Run the compiled body, then close the context with its outcome; write the variables back."""
+    try:
+        before, values = _call_body(opened)
+        _mark_saved(opened.pending)
+    except BaseException as exc:
+        close(type(exc), exc, exc.__traceback__)
+        raise _without_skip(exc)
+    try:
+        close(None, None, None)
+    except BaseException as exc:
+        raise _without_skip(exc)
+    finally:
+        frames.write(opened.frame, {name: _after(value, before.get(name, value)) for name, value in values.items()})
+        for value in opened.pending:
+            _real(value)
+
+
+def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Call the compiled body with the frame's variables: those variables, and the body's at its end."""
+    block, frame = opened.block, opened.frame
+    namespace = frames.read(frame)
+    before = {name: namespace[name] for name in block.params if name in namespace}
+    values = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)(Runtime(block.filename), **before)
+    return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
+
+
+def _after(value: Any, before: Any) -> Any:
+    """A variable's value after a compiled block: real values; a saved proxy whose node never ran (its
+    `if` did not hold, the model stopped first) gives back the value the variable had before the block."""
+    real = _real(value)
+    if real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building:
+        try:
+            value.value
+        except ValueError:
+            return before
+    return real
+
+
+def _without_skip(exc: BaseException) -> BaseException:
+    """Hide the SkipBody that was being handled when exc was raised (it is not part of the user's error)."""
+    if isinstance(exc.__context__, frames.SkipBody):
+        exc.__suppress_context__ = True
+    return exc
+
+
+# -- real values after the block ----------------------------------------------------------------------
+class _Saved:
+    """A builtin value kept after a trace (an instance of its type); `.value` is the value as the graph made it.
+
+    Pickling and copying give the plain type, so saved results load anywhere without nnglass.
+    """
+
+    _plain: type = object
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
+    def __reduce__(self) -> tuple:
+        return self._plain, (self._plain(self),)
+
+
+def _saved_type(plain: type) -> type:
+    return type(f"Saved{plain.__name__.capitalize()}", (_Saved, plain), {"_plain": plain, "__module__": __name__})
+
+
+_SAVED_TYPES = {plain: _saved_type(plain) for plain in (list, dict, tuple, set, int, float, str, bytes, complex)}
+
+
+def _saved(value: Any) -> Any:
+    """value as an instance of its Saved type, or None for other types."""
+    kind = _SAVED_TYPES.get(type(value))
+    if kind is None:
+        return None
+    saved = kind(value)
+    saved._value = value
+    return saved
+
+
+def _tensor_value(self: torch.Tensor) -> torch.Tensor:
+    """A tensor's `.value` is the tensor itself: nnsight 0.4 code reads `.value` of saved results."""
+    return self
+
+
+if not hasattr(torch.Tensor, "value"):
+    torch.Tensor.value = property(_tensor_value)
+
+
+def _as_real(proxy: Proxy) -> Any:
+    """A finished proxy's real value where that value can also answer `.value`; else the proxy."""
+    if proxy.experiment.building or not proxy.node.saved:
+        return proxy
+    try:
+        value = proxy.value
+    except ValueError:
+        return proxy
+    if isinstance(value, torch.Tensor):
+        return value
+    saved = _saved(value)
+    return saved if saved is not None else proxy
+
+
+def _real(value: Any, depth: int = 0) -> Any:
+    """value with its saved proxies replaced by real values; lists and dicts are updated in place."""
+    kind = type(value)
+    if isinstance(value, Proxy):
+        return _as_real(value)
+    if depth > 3 or kind not in (list, dict, tuple):
+        return value
+    if kind is tuple:
+        items = tuple(_real(item, depth + 1) for item in value)
+        return items if any(a is not b for a, b in zip(items, value)) else value
+    for key, item in (value.items() if kind is dict else enumerate(value)):
+        new = _real(item, depth + 1)
+        if new is not item:
+            value[key] = new
+    return value
+
+
+def _mark_saved(pending: list) -> None:
+    """Save every proxy inside the objects given to nnglass.save."""
+    for value in pending:
+        _each_proxy(value, Proxy.save)
+
+
+def _each_proxy(value: Any, fn: Callable[[Proxy], Any], depth: int = 0) -> None:
+    if isinstance(value, Proxy):
+        fn(value)
+    elif depth < 4 and type(value) in (list, tuple, set):
+        for item in value:
+            _each_proxy(item, fn, depth + 1)
+    elif depth < 4 and type(value) is dict:
+        for item in value.values():
+            _each_proxy(item, fn, depth + 1)
+
+
+def _rebind_frame(opened: _Opened) -> None:
+    """After a block that ran as written: its saved proxies in the frame become real values."""
+    namespace = frames.read(opened.frame)
+    changed = {}
+    for name in opened.block.names:
+        value = namespace.get(name, UNSET)
+        if value is not UNSET and (new := _real(value)) is not value:
+            changed[name] = new
+    frames.write(opened.frame, changed)
+    for value in opened.pending:
+        _real(value)
+
+
+# -- finding and compiling a block ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """One with-statement: the names its body refers to and, when it needs rewriting, its compiled body."""
+    filename: str
+    first_line: int                  # the body's first line, where the original is skipped
+    names: tuple[str, ...]           # variables the body refers to: rebound to real values after
+    code: CodeType | None = None     # the compiled body (a function of `__nnglass__` and params)
+    params: tuple[str, ...] = ()     # the frame's variables the compiled body reads or sets
+    reason: str | None = None        # why a block that needs compiling runs as written
+
+    @property
+    def runs_compiled(self) -> bool:
+        return self.code is not None
+
+    @property
+    def defaults(self) -> tuple:
+        return (UNSET,) * len(self.params)
+
+    def as_written(self, reason: str) -> Block:
+        """The same block, run as written."""
+        return Block(self.filename, self.first_line, self.names, reason=reason)
+
+
+# frame code -> {offset of the with: block}; weak, so code run once (exec, notebook cells) is not kept
+_blocks: weakref.WeakKeyDictionary[CodeType, dict[int, Block | None]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakSet[CodeType] = weakref.WeakSet()  # code of compiled bodies
+
+
+def _block(frame: FrameType) -> Block | None:
+    """The block of the with-statement frame is entering (cached per code object and offset)."""
+    code, offset = frame.f_code, frame.f_lasti
+    known = _blocks.get(code)
+    if known is None:
+        known = _blocks[code] = {}
+    elif offset in known:
+        return known[offset]
+    try:
+        block = _read_block(frame.f_code, frame.f_lineno, frame.f_globals)
+    except Exception as error:  # source we cannot handle: the block runs as written, as without source
+        warnings.warn(f"nnglass could not compile the with-block at {frame.f_code.co_filename}:{frame.f_lineno} "
+                      f"({error!r}); it runs as written.", stacklevel=4)
+        block = None
+    known[offset] = block
+    return block
+
+
+def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block | None:
+    """Find the with-statement at line in the file's source and compile its body if it needs it."""
+    filename = frame_code.co_filename
+    tree = _parse(filename, "".join(linecache.getlines(filename, module_globals)))
+    node = _with_at(tree, line) if tree is not None else None
+    if node is None:
+        return None
+    first = min([node.body[0].lineno] + [d.lineno for d in getattr(node.body[0], "decorator_list", ())])
+    names = _names(node.body)
+    if not _needs_compiling(node.body):
+        return Block(filename, first, names)
+    if first <= _header_end(node):
+        return Block(filename, first, names, reason="its body is on the line of the `with`: start it on a new line")
+    params = _params(node.body, names, frame_code)
+    try:
+        code = _compile_body(copy.deepcopy(node.body), params, filename, first)
+    except _Unsupported as unsupported:
+        return Block(filename, first, names, reason=f"{filename}:{unsupported.line}: {unsupported}")
+    return Block(filename, first, names, code, params)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(filename: str, source: str) -> ast.Module | None:
+    if not source:
+        return None
+    try:
+        return ast.parse(source, filename)
+    except SyntaxError:
+        return None
+
+
+def _header_end(node: ast.With | ast.AsyncWith) -> int:
+    """The last line of a with-statement's header."""
+    ends = [item.context_expr.end_lineno for item in node.items]
+    ends += [item.optional_vars.end_lineno for item in node.items if item.optional_vars is not None]
+    return max(ends)
+
+
+def _with_at(tree: ast.AST, line: int) -> ast.With | ast.AsyncWith | None:
+    """The innermost with-statement whose header spans line."""
+    found = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.With, ast.AsyncWith)) and node.lineno <= line <= _header_end(node):
+            if found is None or node.lineno > found.lineno:
+                found = node
+    return found
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _walk_scope(nodes: list[ast.AST]) -> Any:
+    """Every node of these statements, not descending into nested functions and classes."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, _SCOPES):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _names(body: list[ast.stmt]) -> tuple[str, ...]:
+    """Variables the body refers to (anywhere in it, nested functions included), minus `global` ones."""
+    names = {node.id for stmt in body for node in ast.walk(stmt) if isinstance(node, ast.Name)}
+    names -= {name for node in _walk_scope(body) if isinstance(node, ast.Global) for name in node.names}
+    return tuple(sorted(name for name in names if not name.startswith("__nnglass")))
+
+
+def _params(body: list[ast.stmt], names: tuple[str, ...], frame_code: CodeType) -> tuple[str, ...]:
+    """The variables the compiled body takes from the frame: those it sets, and a function's locals it reads.
+
+    Other names (globals, builtins) stay free in the compiled body, so they resolve as in the original.
+    """
+    stored = _stored(body)
+    local = set()
+    if frame_code.co_flags & inspect.CO_OPTIMIZED:
+        local = {*frame_code.co_varnames, *frame_code.co_cellvars, *frame_code.co_freevars}
+    return tuple(name for name in names if name in stored or name in local)
+
+
+def _stored(body: list[ast.stmt]) -> set[str]:
+    """Variables the statements set (not counting nested functions and classes)."""
+    return {node.id for node in _walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+
+
+def _needs_compiling(body: list[ast.stmt]) -> bool:
+    """Whether the body has control flow, prints or f-strings that cannot run on proxies as written."""
+    for node in _walk_scope(body):
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)):
+            return True
+        if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
+            return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            return True
+    return False
+
+
+def _compile_body(body: list[ast.stmt], names: tuple[str, ...], filename: str, first: int) -> CodeType:
+    """The rewritten body as the code of `def __nnglass_body__(__nnglass__, *names): ...; return locals()`."""
+    rewritten = _Rewriter().block(body)
+    function = ast.FunctionDef(
+        name=_BODY, args=ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in (_RUNTIME, *names)],
+                                       kwonlyargs=[], kw_defaults=[], defaults=[]),
+        body=_unset_prologue(names) + rewritten + [ast.Return(_call(_name("locals"), []))],
+        decorator_list=[], returns=None, type_comment=None)
+    module = ast.Module([ast.copy_location(function, body[0])], type_ignores=[])
+    ast.fix_missing_locations(module)  # new nodes get their parent's line: errors show the user's lines
+    try:
+        module_code = compile(module, filename, "exec")
+    except SyntaxError as error:
+        raise _Unsupported(error.lineno or first, f"cannot compile this with-block: {error.msg}") from None
+    code = next(c for c in module_code.co_consts if isinstance(c, CodeType))
+    _COMPILED.add(code)
+    return code
+
+
+def _unset_prologue(names: tuple[str, ...]) -> list[ast.stmt]:
+    """`if x is __nnglass__.unset: del x` for each name: variables that did not exist stay unbound."""
+    return [ast.If(ast.Compare(_name(n), [ast.Is()], [_attr(_name(_RUNTIME), "unset")]),
+                   [ast.Delete([ast.Name(n, ast.Del())])], []) for n in names]
+
+
+# -- the rewriting ---------------------------------------------------------------------------------------
+class _Unsupported(Exception):
+    """A construct that cannot be compiled, at a line of the user's source."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _name(name: str) -> ast.Name:
+    return ast.Name(name, ast.Load())
+
+
+def _attr(value: ast.expr, name: str) -> ast.Attribute:
+    return ast.Attribute(value, name, ast.Load())
+
+
+def _call(func: ast.expr, args: list[ast.expr]) -> ast.Call:
+    return ast.Call(func, args, [])
+
+
+def _runtime(method: str, *args: ast.expr) -> ast.Call:
+    return _call(_attr(_name(_RUNTIME), method), list(args))
+
+
+_NOT_IN_BLOCK = {
+    ast.Return: "it has a `return`: assign the result and return after the block",
+    ast.Yield: "it has a `yield`: collect the values and yield after the block",
+    ast.YieldFrom: "it has a `yield from`: yield after the block",
+    ast.Await: "it has an `await`: await before or after the block",
+    ast.Nonlocal: "it has a `nonlocal` statement: declare the name before the block",
+}
+
+
+class _Rewriter(ast.NodeTransformer):
+    """Rewrites control flow, prints and f-strings of a body into calls of the Runtime (`__nnglass__`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.loops: list[str] = []   # names of the enclosing loops' Loop objects, innermost last
+
+    def fresh(self, kind: str) -> str:
+        self.count += 1
+        return f"__nnglass_{kind}{self.count}"
+
+    def block(self, statements: list[ast.stmt]) -> list[ast.stmt]:
+        """The rewritten statements of a block."""
+        out: list[ast.stmt] = []
+        for statement in statements:
+            new = self.visit(statement)
+            out.extend(new if isinstance(new, list) else [new])
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        message = _NOT_IN_BLOCK.get(type(node))
+        if message is not None:
+            raise _Unsupported(node.lineno, message)
+        return super().generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node   # runs later, maybe outside any trace: left as written
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> list[ast.stmt]:
+        """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
+        name = self.fresh("branch")
+        both = sorted(_stored(node.body) & _stored(node.orelse))  # cannot be merged after a proxy condition
+        test = self.truth(self.visit(node.test))
+        body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
+        if node.orelse:
+            body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
+        call = _runtime("branch", test, ast.Constant(node.lineno))
+        return [self.within(node, call, name, body), *(self.merged(node, name, var) for var in both)]
+
+    def merged(self, node: ast.If, branch: str, var: str) -> ast.Try:
+        """`try: var = b.merged("var", var) except NameError: pass`, after an if that sets var in both branches."""
+        value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var)])
+        handler = ast.ExceptHandler(_name("NameError"), None, [ast.Pass()])
+        return ast.copy_location(ast.Try([ast.Assign([ast.Name(var, ast.Store())], value)], [handler], [], []), node)
+
+    def visit_For(self, node: ast.For) -> ast.With:
+        """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
+        name = self.fresh("loop")
+        iterable = self.visit(node.iter)
+        target, body = self.unpacking(node)
+        loop = ast.For(target, _name(name), body + self.loop_body(name, node.body), self.block(node.orelse), None)
+        return self.within(node, _runtime("loop", iterable, ast.Constant(node.lineno)), name, [loop])
+
+    def unpacking(self, node: ast.For) -> tuple[ast.expr, list[ast.stmt]]:
+        """`for a, b in it` -> `for t in it: a, b = rt.unpack(t, 2)`, so that items that are proxies unpack."""
+        target = node.target
+        if not isinstance(target, (ast.Tuple, ast.List)) or any(isinstance(e, ast.Starred) for e in target.elts):
+            return target, []
+        item = self.fresh("item")
+        unpack = _runtime("unpack", _name(item), ast.Constant(len(target.elts)), ast.Constant(node.lineno))
+        return ast.Name(item, ast.Store()), [ast.copy_location(ast.Assign([target], unpack), node)]
+
+    def visit_While(self, node: ast.While) -> ast.With:
+        """`while c: A` -> a loop whose test must be a plain value (`while` on a proxy cannot be compiled)."""
+        name = self.fresh("loop")
+        test = _runtime("plain", self.truth(self.visit(node.test)), ast.Constant("while"), ast.Constant(node.lineno))
+        loop = ast.While(test, self.loop_body(name, node.body), self.block(node.orelse))
+        return self.within(node, _runtime("loop", ast.Constant(None), ast.Constant(node.lineno)), name, [loop])
+
+    def loop_body(self, name: str, body: list[ast.stmt]) -> list[ast.stmt]:
+        self.loops.append(name)
+        try:
+            return self.block(body)
+        finally:
+            self.loops.pop()
+
+    def visit_Break(self, node: ast.stmt) -> ast.If:
+        """`break` -> `if l.break_(): break` (a session loop records `iterator.exit()` instead)."""
+        return self.jump(node, "break_")
+
+    def visit_Continue(self, node: ast.stmt) -> ast.If:
+        return self.jump(node, "continue_")
+
+    def jump(self, node: ast.stmt, method: str) -> ast.If:
+        if not self.loops:
+            word = method.rstrip("_")
+            raise _Unsupported(node.lineno, f"it has a `{word}` out of the block: "
+                                            f"set a flag inside the block and {word} after it")
+        test = _call(_attr(_name(self.loops[-1]), method), [ast.Constant(node.lineno)])
+        return ast.copy_location(ast.If(test, [node], []), node)
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.IfExp:
+        node = self.generic_visit(node)
+        node.test = _runtime("plain", self.truth(node.test), ast.Constant("ifexp"), ast.Constant(node.lineno))
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        """`print(...)` -> `rt.print(print, ...)`: a log node when it prints proxies or runs conditionally."""
+        node = self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "print":
+            node.args = [node.func, *node.args]
+            node.func = _attr(_name(_RUNTIME), "print")
+        return node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
+        """`f"a {x!r:>4}"` -> `rt.fstring("a ", (x, 114, ">4"))`: a string, or a proxy of one."""
+        if not any(isinstance(v, ast.FormattedValue) for v in node.values):
+            return node
+        parts: list[ast.expr] = []
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                spec = self.visit(value.format_spec) if value.format_spec is not None else ast.Constant("")
+                parts.append(ast.Tuple([self.visit(value.value), ast.Constant(value.conversion), spec], ast.Load()))
+            else:
+                parts.append(value)
+        return ast.copy_location(_runtime("fstring", *parts), node)
+
+    def truth(self, test: ast.expr) -> ast.expr:
+        """`not`, `and`, `or` of a condition as Runtime calls, so that they work on proxies."""
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            return ast.copy_location(_runtime("not_", self.truth(test.operand)), test)
+        if isinstance(test, ast.BoolOp):
+            method = "and_" if isinstance(test.op, ast.And) else "or_"
+            result = self.truth(test.values[0])
+            for value in test.values[1:]:
+                later = ast.Lambda(ast.arguments([], [], None, [], [], None, []), self.truth(value))
+                result = ast.copy_location(_runtime(method, result, later), test)
+            return result
+        return test
+
+    def within(self, node: ast.stmt, call: ast.Call, name: str, body: list[ast.stmt]) -> ast.With:
+        """`with <call> as <name>: body`, at node's location."""
+        item = ast.withitem(call, ast.Name(name, ast.Store()))
+        return ast.copy_location(ast.With([item], body, None), node)

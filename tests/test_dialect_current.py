@@ -1,0 +1,162 @@
+"""nnsight 0.5+'s dialect, written the way its current docs write it (saving, conditionals, loops, printing),
+on a tiny Llama with random weights (its decoder layers return a tensor); every value against the plain model with hand-written hooks."""
+import pickle
+
+import pytest
+import torch
+
+import nnglass as nnsight
+from nnglass import LanguageModel
+from tests.conftest import tiny_llama
+
+PROMPT = "The Eiffel Tower is in the city of"
+LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def tok(smol_tokenizer):
+    return smol_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf(tok):
+    return tiny_llama(tok, LAYERS)
+
+
+@pytest.fixture(scope="module")
+def model(hf, tok):
+    return LanguageModel(hf, tokenizer=tok)
+
+
+def eager(hf, tok, edits=None):
+    """Logits and each layer's hidden states; edits: {layer: fn(hidden) -> hidden} applied by forward hooks."""
+    seen, handles = {}, []
+    for index, layer in enumerate(hf.model.layers):
+        def hook(module, args, out, index=index):
+            hidden = out[0] if isinstance(out, tuple) else out
+            if edits and index in edits:
+                hidden = edits[index](hidden)
+                out = (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+            seen[index] = hidden
+            return out
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        logits = hf(**tok(PROMPT, return_tensors="pt")).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, seen
+
+
+def test_saving_gives_real_tensors(model, hf, tok):
+    with model.trace(PROMPT):
+        hidden_states = model.model.layers[-1].output.save()
+        logits = nnsight.save(model.lm_head.output)
+    expected_logits, seen = eager(hf, tok)
+    assert isinstance(hidden_states, torch.Tensor) and isinstance(logits, torch.Tensor)
+    torch.testing.assert_close(hidden_states, seen[LAYERS - 1])
+    torch.testing.assert_close(pickle.loads(pickle.dumps(logits)), expected_logits)
+    assert model.tokenizer.decode(logits[0, -1].argmax()) == tok.decode(expected_logits[0, -1].argmax())
+
+
+def test_conditional_on_an_activation(model, hf, tok, capsys):
+    norm = eager(hf, tok)[1][0].norm().item()
+    for threshold in (norm - 1, norm + 1):
+        with model.trace(PROMPT):
+            if model.model.layers[0].output.norm() > threshold:
+                model.model.layers[1].output[:] = 0
+                print("big norm")
+            else:
+                print("small norm")
+            logits = model.lm_head.output.save()
+        edits = {1: lambda h: h * 0} if norm > threshold else None
+        torch.testing.assert_close(logits, eager(hf, tok, edits)[0])
+    assert capsys.readouterr().out == "big norm\nsmall norm\n"
+
+
+def test_loop_over_layers_collects_every_hidden_state(model, hf, tok):
+    with model.trace(PROMPT):
+        layer_outputs = []
+        for layer in model.model.layers:
+            layer_outputs.append(layer.output.save())
+    _, seen = eager(hf, tok)
+    assert len(layer_outputs) == LAYERS
+    for index, hidden in enumerate(layer_outputs):
+        torch.testing.assert_close(hidden, seen[index])
+
+
+def test_logit_lens_with_range_and_decode(model, hf, tok):
+    with model.trace(PROMPT):
+        tokens = []
+        for i in range(LAYERS):
+            hidden = model.model.layers[i].output
+            tokens.append(model.lm_head(model.model.norm(hidden)).argmax(dim=-1).save())
+    _, seen = eager(hf, tok)
+    for i in range(LAYERS):
+        expected = hf.lm_head(hf.model.norm(seen[i])).argmax(dim=-1)
+        assert model.tokenizer.batch_decode(tokens[i][0]) == tok.batch_decode(expected[0])
+
+
+def test_loop_with_edits_and_skipped_layers(model, hf, tok):
+    with model.trace(PROMPT):
+        for i in range(LAYERS):
+            if i == 1:
+                continue
+            model.model.layers[i].output[:, -1] = 0
+        logits = model.lm_head.output.save()
+
+    def zero_last(hidden):
+        hidden = hidden.clone()
+        hidden[:, -1] = 0
+        return hidden
+    torch.testing.assert_close(logits, eager(hf, tok, {0: zero_last, 2: zero_last})[0])
+
+
+def test_print_shows_values_when_the_model_runs(model, hf, tok, capsys):
+    with model.trace(PROMPT):
+        norm = model.model.layers[0].output.norm()
+        print("layer 0 norm:", norm)
+        print(f"layer 0 norm: {norm:.4f}")
+    expected = eager(hf, tok)[1][0].norm()
+    assert capsys.readouterr().out == f"layer 0 norm: {expected!s}\nlayer 0 norm: {expected:.4f}\n"
+
+
+def test_generate_and_batch_decode(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=3, do_sample=False):
+        output = model.generator.output.save()
+    expected = hf.generate(**tok(PROMPT, return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert isinstance(output, torch.Tensor)
+    assert model.tokenizer.batch_decode(output) == tok.batch_decode(expected)
+
+
+def test_session_with_plain_lists_and_loops(model, hf, tok):
+    with model.session():
+        results = []
+        for scale in (0, 2):
+            with model.trace(PROMPT):
+                model.model.layers[1].output[:] *= scale
+                results.append(model.lm_head.output.save())
+    for scale, logits in zip((0, 2), results):
+        torch.testing.assert_close(logits, eager(hf, tok, {1: lambda h: h * scale})[0])
+
+
+def test_generate_with_a_conditional_edit_on_the_first_step(model, hf, tok):
+    prompt = tok(PROMPT, return_tensors="pt")
+    norm = eager(hf, tok)[1][0].norm().item()
+    for threshold in (norm - 1, norm + 1):
+        with model.generate(PROMPT, max_new_tokens=3, do_sample=False):
+            if model.model.layers[0].output.norm() > threshold:
+                model.model.layers[1].output[:] = 0
+            output = model.generator.output.save()
+        calls = []
+
+        def first_call_zeroed(module, args, out):
+            calls.append(1)
+            return out * 0 if len(calls) == 1 else out
+        handle = hf.model.layers[1].register_forward_hook(first_call_zeroed) if norm > threshold else None
+        try:
+            expected = hf.generate(**prompt, max_new_tokens=3, do_sample=False)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert torch.equal(output, expected)
