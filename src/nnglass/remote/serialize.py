@@ -67,7 +67,7 @@ def _encode_target(node: Node, ids: dict) -> Any:
     if node.op == "call_function":
         return allowlist.name_of(node.target)
     if node.op in ("getattr", "setattr", "call_method"):
-        return allowlist.attribute(node.target)
+        return allowlist.attribute(node.op, node.target)
     if node.op in ("trace", "iter"):
         return ids[id(node.target.graph if node.op == "trace" else node.target)]
     return node.target
@@ -132,6 +132,7 @@ class Job:
         if type(node.args) is not tuple or type(node.kwargs) is not dict:
             raise WireError(f"node {node.name}: args must be a tuple and kwargs a dict")
         node.nested = True
+        allowlist.check_node(node.op, spec["target"], node.args, node.kwargs)  # capabilities: keywords, scopes
         node.target = self._target(node, spec["target"])
         node.deps = [self._node(ref) for ref in spec["deps"]]
         for dep in node.deps:
@@ -142,7 +143,7 @@ class Job:
         if op == "call_function":
             return allowlist.function(target)
         if op in ("getattr", "setattr", "call_method"):
-            return allowlist.attribute(target)
+            return allowlist.attribute(op, target)
         if op in ("trace", "iter"):
             graph = self.graphs[int(target)]
             return graph.owner if op == "trace" else graph
