@@ -1,0 +1,48 @@
+"""Audit: the checks a decoded request passes before it is queued (per node: op, target, args, kwargs)."""
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from fastapi import HTTPException
+
+from ..remote.allowlist import WireError, check_model_keywords
+from .limits import Limits
+
+__all__ = ["audit"]
+
+
+def audit(job: Any, limits: Limits) -> None:
+    """Refuse what the wire format allows but this server does not: model keywords, long loops."""
+    try:
+        check_model_keywords(_invoke_keywords(job.inputs), "an invoke")
+        for graph in job.graphs:
+            check_model_keywords(getattr(graph.owner, "call_kwargs", None), "the traced model")
+            for node in graph.nodes:
+                _audit_node(node.op, node.target, node.args, limits)
+    except WireError as error:
+        raise HTTPException(400, str(error)) from error
+
+
+def _invoke_keywords(inputs: Any) -> dict:
+    """The keywords of every invoke, merged (each invoke is `(args, kwargs)`)."""
+    merged: dict = {}
+    for invoke in inputs if isinstance(inputs, (tuple, list)) else ():
+        if isinstance(invoke, (tuple, list)) and len(invoke) == 2 and isinstance(invoke[1], dict):
+            merged.update(invoke[1])
+    return merged
+
+
+def _audit_node(op: str, target: Any, args: tuple, limits: Limits) -> None:
+    if op == "trace":
+        check_model_keywords(_invoke_keywords(args), "an invoke")
+    if op == "call_function" and target is builtins.range:
+        _check_range(args, limits.max_loop_iterations)
+
+
+def _check_range(args: tuple, limit: int) -> None:
+    if not all(type(a) is int for a in args) or not 1 <= len(args) <= 3 or (len(args) == 3 and args[2] == 0):
+        raise WireError("range(...) in a remote graph takes one to three whole numbers written in the request")
+    if len(range(*args)) > limit:
+        raise HTTPException(413, f"range{args} has {len(range(*args)):,} steps; this server runs at most "
+                                 f"{limit:,} loop iterations (Limits.max_loop_iterations)")
