@@ -31,32 +31,42 @@ _SIZED = _tensor_and_torch("""
 """) | {torch.nn.functional.one_hot}
 _FACTORIES = _tensor_and_torch("zeros ones empty full rand randn randint randperm arange linspace logspace eye")
 _LISTS = {torch.Tensor.tolist}  # results that become Python objects (about 30 bytes per element)
+# Products, by the argument that is the left factor: their work is output elements x that factor's last size.
+_PRODUCTS = {**dict.fromkeys(_tensor_and_torch("matmul mm bmm __matmul__"), 0), torch.Tensor.__rmatmul__: 1,
+             **dict.fromkeys(_tensor_and_torch("addmm baddbmm"), 1)}
 
 
 class Budget(TorchFunctionMode):
-    """Refuses any torch call of the running job whose result would exceed `max_elements` per tensor."""
+    """Refuses a torch call of the running job that would make a tensor of more than `max_elements`,
+    a list of more than `max_list_elements`, or a product of more than `max_products` multiply-adds
+    (which bounds how long one C call runs: the time limit is checked only between Python calls)."""
 
-    def __init__(self, max_elements: int, max_list_elements: int) -> None:
+    def __init__(self, max_elements: int, max_list_elements: int, max_products: int) -> None:
         super().__init__()
         self.max_elements = max_elements
         self.max_list_elements = max_list_elements
+        self.max_products = max_products
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func in _SIZED:
-            self.check(func, _planned(func, args, kwargs), self.max_elements)
+            elements = _planned(func, args, kwargs)
+            self.check(func, elements, self.max_elements, "elements per tensor", "max_tensor_elements")
+            if func in _PRODUCTS:
+                work = elements * _left(args, _PRODUCTS[func])
+                self.check(func, work, self.max_products, "multiply-adds per call", "max_products")
         elif func in _LISTS:
-            self.check(func, args[0].numel(), self.max_list_elements)
+            self.check(func, args[0].numel(), self.max_list_elements, "list elements", "max_list_elements")
         else:
-            self.check(func, _broadcast(args), self.max_elements)
+            self.check(func, _broadcast(args), self.max_elements, "elements per tensor", "max_tensor_elements")
         return func(*args, **kwargs)
 
-    def check(self, func: Any, elements: int, limit: int) -> None:
-        """Raise LimitExceeded if a call would make more than `limit` elements."""
-        if elements > limit:
+    def check(self, func: Any, amount: int, limit: int, what: str, field: str) -> None:
+        """Raise LimitExceeded, naming the limit, if a call needs more than `limit`."""
+        if amount > limit:
             name = getattr(func, "__name__", str(func))
-            raise LimitExceeded(f"'{name}' would make a tensor of {elements:,} elements; this server's limit "
-                                f"is {limit:,} elements per tensor (Limits.max_tensor_elements).")
+            raise LimitExceeded(f"'{name}' would need {amount:,} {what}; this server's limit is {limit:,} "
+                                f"(Limits.{field}).")
 
 
 def _planned(func: Any, args: tuple, kwargs: dict) -> int:
@@ -70,6 +80,12 @@ def _planned(func: Any, args: tuple, kwargs: dict) -> int:
     except Exception:  # data-dependent sizes or bad arguments: the real call decides
         return 0
     return max((leaf.numel() for leaf in pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)), default=0)
+
+
+def _left(args: tuple, position: int) -> int:
+    """The last size of a product's left factor (1 if it has none)."""
+    left = args[position] if len(args) > position else None
+    return left.shape[-1] if isinstance(left, torch.Tensor) and left.ndim else 1
 
 
 def _meta(value: Any) -> Any:

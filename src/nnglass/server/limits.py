@@ -17,6 +17,7 @@ class Limits:
     max_loop_iterations: int = 100_000       # a longer `range` in a graph: 413
     max_tensor_elements: int = 2**28         # a job making a larger tensor ends with ERROR
     max_list_elements: int = 2**22           # `.tolist()` of a larger tensor ends with ERROR
+    max_products: int = 2**36                # a matrix product of more multiply-adds ends with ERROR
     max_log_lines: int = 1_000               # a job logging more ends with ERROR
     max_result_bytes: int = 512 * 2**20      # a job saving more ends with ERROR
     max_held_bytes: int = 2 * 2**30          # undownloaded results kept per API key; past it new jobs end with ERROR

@@ -141,7 +141,7 @@ class _Run:
     def _result(self) -> bytes:
         """Run the request within the tensor-size budget; its saved values as JSON, within the result limits."""
         limits, request = self.limits, self.record.request
-        with Budget(limits.max_tensor_elements, limits.max_list_elements):
+        with Budget(limits.max_tensor_elements, limits.max_list_elements, limits.max_products):
             request.run()
         result = json.dumps(request.results(), separators=(",", ":")).encode()
         if len(result) > limits.max_result_bytes:
