@@ -22,8 +22,8 @@ class Pristine:
         return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
 
     def _marks(self) -> list[tuple[Any, ...]]:
-        """What an in-place write, `.data` swap, dtype change, hook or requires_grad flip would change."""
-        return [(name, id(t), t.dtype, t.device, t.shape, t.data_ptr(), t._version, t.requires_grad,
+        """What a `.data` swap, dtype change, hook or requires_grad flip would change."""
+        return [(name, id(t), t.dtype, t.device, t.shape, t.requires_grad,
                  bool(t._backward_hooks), bool(getattr(t, "_post_accumulate_grad_hooks", None)))
                 for name, t in self._tensors()]
 
@@ -31,11 +31,17 @@ class Pristine:
         """Drop gradients left on the weights; put back every tensor a job changed. Whether any was."""
         for _, tensor in self._tensors():
             tensor.grad = None
-        changed = self._marks() != self.marks
+        changed = self._marks() != self.marks or not self._same_values()
         if changed:
             self._put_back()
             self.marks = self._marks()
         return changed
+
+    def _same_values(self) -> bool:
+        """Whether every tensor still holds the values it was loaded with (in-place writes through `.data`
+        leave no other trace: they do not bump the version counter)."""
+        with torch.no_grad():
+            return all(torch.equal(tensor, self.saved[name]) for name, tensor in self._tensors())
 
     def _put_back(self) -> None:
         """Fresh parameters and buffers from the copy (one object per shared weight, as when loaded)."""
