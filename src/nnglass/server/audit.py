@@ -43,6 +43,7 @@ def _audit_node(op: str, target: Any, args: tuple, limits: Limits) -> None:
 def _check_range(args: tuple, limit: int) -> None:
     if not all(type(a) is int for a in args) or not 1 <= len(args) <= 3 or (len(args) == 3 and args[2] == 0):
         raise WireError("range(...) in a remote graph takes one to three whole numbers written in the request")
-    if len(range(*args)) > limit:
-        raise HTTPException(413, f"range{args} has {len(range(*args)):,} steps; this server runs at most "
+    steps = range(*args)
+    if len(steps[:limit + 1]) > limit:  # a slice: len() of a huge range itself overflows
+        raise HTTPException(413, f"range{args} has more than {limit:,} steps; this server runs at most "
                                  f"{limit:,} loop iterations (Limits.max_loop_iterations)")

@@ -44,11 +44,13 @@ class Host:
         spec = self._checked(data)
         try:
             request = serialize.Job(data, self.models.__getitem__)
+            audit(request, self.limits)
+        except HTTPException:
+            raise
         except WireError as error:
             raise HTTPException(400, str(error)) from error
         except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
             raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
-        audit(request, self.limits)
         record = JobRecord(owner, spec.model, spec.traced_models(), request)
         self.jobs.add(record)
         record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
