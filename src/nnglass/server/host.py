@@ -34,7 +34,8 @@ class Host:
         self.limits = limits
         self.jobs = JobStore(limits.result_ttl_s)
         locks = {name: threading.Lock() for name in self.models}
-        pristine = {name: Pristine(model._model) for name, model in self.models.items()}
+        # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
+        pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
         self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
 

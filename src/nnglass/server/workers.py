@@ -13,6 +13,7 @@ from ..tracing import contexts
 from ..tracing.node import location
 from .budget import Budget, LimitExceeded
 from .integrity import Pristine
+from .isolation import run_forked
 from .jobs import JobRecord
 from .limits import Limits
 
@@ -73,7 +74,7 @@ class ModelWorker:
                 with self._models_of(record):
                     record.post(JobStatus.RUNNING, "Your job has started running.")
                     _Run(record, self.limits, self.held).start_and_wait()
-                    for name in sorted(record.models):
+                    for name in sorted(record.models) if not self.limits.isolate else ():
                         self.pristine[name].restore()
             finally:
                 self.running = None
@@ -106,6 +107,9 @@ class _Run:
 
     def start_and_wait(self) -> None:
         """Run the job; interrupt it at the time limit, then wait for it to unwind (hooks removed)."""
+        if self.limits.isolate:
+            self._forked()
+            return
         self.thread.start()
         self.thread.join(self.timeout)
         if self.thread.is_alive():
@@ -113,6 +117,15 @@ class _Run:
                 if not self.finished:
                     _async_raise(self.thread.ident, JobTimeout)
             self.thread.join()
+
+    def _forked(self) -> None:
+        """Run the job in a child process that posts through a relay; say why if it ended otherwise."""
+        record, limits = self.record, self.limits
+        relay = _Relay(record)
+        child = _Run(relay, limits, self.held)  # type: ignore[arg-type]
+        why = run_forked(relay.run(child._main), self.timeout, limits.max_job_bytes, relay.replay)
+        error = "JobCrashed" if why is None or why.startswith("crashed") else "TimeoutError"
+        record.post(JobStatus.ERROR, f"The job {why or 'ended without a result'}.", error=error)  # unless it ended
 
     def _main(self) -> None:
         record = self.record
@@ -153,6 +166,35 @@ class _Run:
                                 f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
                                 "download them first")
         return result
+
+
+class _Relay:
+    """Stands in for a job's record in its child process: statuses and the result go down the pipe."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        self.id, self.owner, self.request = record.id, record.owner, record.request
+        self.send: Callable[[list], None] = lambda message: None
+
+    def run(self, main: Callable[[], None]) -> Callable[[Callable[[list], None]], None]:
+        """The child's work: `main()` with this relay's `send` set to the pipe."""
+        def child(send: Callable[[list], None]) -> None:
+            self.send = send
+            main()
+        return child
+
+    def post(self, status: JobStatus, description: str = "", **fields: object) -> None:
+        self.send(["post", status.value, description, fields])
+
+    def finish(self, result: bytes) -> None:
+        self.send(["finish", result.decode()])
+
+    def replay(self, message: list) -> None:
+        """In the server: apply one message from the child to the real record."""
+        if message[0] == "finish":
+            self.record.finish(message[1].encode())
+        else:
+            self.record.post(JobStatus(message[1]), message[2], **message[3])
 
 
 class _Log:

@@ -1,0 +1,43 @@
+"""Isolation (`Limits(isolate=True)`): jobs in forked processes, killed inside a long C call, memory-capped."""
+import os
+import signal
+import time
+
+import pytest
+
+from nnglass.server import Limits
+from nnglass.server.isolation import run_forked
+from tests.server.attacks.craft import attack, ended_with, final, node, post, ref, session
+from tests.server.serving import hosting, tiny_model
+
+LIMITS = Limits(isolate=True, job_timeout_s=2.0, max_job_bytes=2**30, max_products=2**42)
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory):
+    with hosting({"tiny": tiny_model()}, tmp_path_factory.mktemp("server"), LIMITS) as served:
+        yield served
+
+
+def test_a_job_runs_in_a_child_and_its_result_comes_back(hosted, x):
+    response = post(hosted, attack(x, node("call_method", "sum", ref(0), saved=True)))
+    assert final(hosted, response.json()["job_id"])["status"] == "COMPLETED"
+
+
+def test_one_long_c_call_is_killed_at_the_time_limit(hosted, x):
+    big = node("call_function", "torch.ones", 8192, 8192)
+    started = time.monotonic()
+    last = ended_with(hosted, session(big, node("call_function", "torch.matmul", ref(0), ref(0))), "was killed")
+    assert last["error"] == "TimeoutError" and time.monotonic() - started < 15
+
+
+def test_memory_past_the_cap_ends_the_job_not_the_server(hosted, x):
+    gigabyte = node("call_function", "torch.ones", 2**28, saved=True)  # 1 GiB each, the cap is 1 GiB
+    ended_with(hosted, session(gigabyte, gigabyte), "allocate")
+
+
+def test_a_crashing_child_is_reported_and_the_server_lives():
+    why = run_forked(lambda send: os.kill(os.getpid(), signal.SIGSEGV), 10, 2**30, print)
+    assert why == "crashed: its process died of SIGSEGV"
+    messages = []
+    assert run_forked(lambda send: send(["hello"]), 10, 2**30, messages.append) is None and messages == [["hello"]]
