@@ -31,9 +31,12 @@ def test_one_long_c_call_is_killed_at_the_time_limit(hosted, x):
     assert last["error"] == "TimeoutError" and time.monotonic() - started < 15
 
 
-def test_memory_past_the_cap_ends_the_job_not_the_server(hosted, x):
-    gigabyte = node("call_function", "torch.ones", 2**28, saved=True)  # 1 GiB each, the cap is 1 GiB
-    ended_with(hosted, session(gigabyte, gigabyte), "allocate")
+def test_memory_past_the_cap_ends_the_job_not_the_server(tmp_path, x):
+    with hosting({"tiny": tiny_model()}, tmp_path, Limits(isolate=True, max_job_bytes=64 * 2**20)) as capped:
+        quarter = node("call_function", "torch.ones", 2**26, saved=True)  # 256 MiB each, the cap is 64 MiB
+        ended_with(capped, session(quarter, quarter, quarter), "allocate")
+        response = post(capped, attack(x, node("call_method", "sum", ref(0), saved=True)))
+        assert final(capped, response.json()["job_id"])["status"] == "COMPLETED"
 
 
 def test_a_crashing_child_is_reported_and_the_server_lives():

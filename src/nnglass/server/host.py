@@ -1,8 +1,10 @@
 """Host: the models a server runs, their workers, and the checks a request passes before it is queued."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import threading
 from typing import Any
 
@@ -31,7 +33,7 @@ class Host:
             if isinstance(model, LanguageModel):
                 model.dispatch()  # load the weights once, before the first job
         self.models = dict(models)
-        self.limits = limits
+        self.limits = limits = dataclasses.replace(limits, isolate=_isolate(limits, self.models))
         self.jobs = JobStore(limits.result_ttl_s)
         locks = {name: threading.Lock() for name in self.models}
         # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
@@ -95,6 +97,15 @@ class Host:
         """Finish the queued jobs and stop the workers."""
         for worker in self.workers.values():
             worker.close()
+
+
+def _isolate(limits: Limits, models: dict[str, Any]) -> bool:
+    """Whether jobs run in forked processes: as asked, else on Linux when every hosted weight is on the CPU
+    (CUDA does not survive a fork)."""
+    if limits.isolate is not None:
+        return limits.isolate
+    on_cpu = all(p.device.type == "cpu" for model in models.values() for p in model._model.parameters())
+    return sys.platform == "linux" and hasattr(os, "fork") and on_cpu
 
 
 def public_name(name: str) -> str:

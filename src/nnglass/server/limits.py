@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["Limits"]
 
@@ -22,6 +23,6 @@ class Limits:
     max_result_bytes: int = 512 * 2**20      # a job saving more ends with ERROR
     max_held_bytes: int = 2 * 2**30          # undownloaded results kept per API key; past it new jobs end with ERROR
     job_timeout_s: float = 600.0             # a job running longer is stopped and ends with ERROR
-    isolate: bool = False                    # run each job in a forked process (CPU hosts: CUDA cannot fork)
+    isolate: Optional[bool] = None           # each job in a forked process; None: on Linux if no weights are on a GPU
     max_job_bytes: int = 8 * 2**30           # with `isolate`: memory a job's process may add (RLIMIT_AS)
     result_ttl_s: float = 3600.0             # a finished job's result is dropped this long after it ended

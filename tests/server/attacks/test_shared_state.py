@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from nnglass import NNsight
+from nnglass.server import Limits
 from tests.conftest import make_net
 from tests.server.attacks.craft import attack, final, node, post, ref, refused
 from tests.server.serving import hosting
@@ -15,9 +16,11 @@ def trainable() -> NNsight:
     return model
 
 
-@pytest.fixture(scope="module")
-def hosted(tmp_path_factory):
-    with hosting({"tiny": trainable()}, tmp_path_factory.mktemp("server")) as served:
+@pytest.fixture(scope="module", params=[True, False], ids=["forked", "in-process"])
+def hosted(request, tmp_path_factory):
+    """Jobs in forked processes (weights copy-on-write) and on threads (weights put back after each job)."""
+    limits = Limits(isolate=request.param)
+    with hosting({"tiny": trainable()}, tmp_path_factory.mktemp("server"), limits) as served:
         yield served
 
 
