@@ -4,6 +4,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from nnglass.server import Limits
 from nnglass.server.isolation import run_forked
@@ -44,3 +45,16 @@ def test_a_crashing_child_is_reported_and_the_server_lives():
     assert why == "crashed: its process died of SIGSEGV"
     messages = []
     assert run_forked(lambda send: send(["hello"]), 10, 2**30, messages.append) is None and messages == [["hello"]]
+
+
+def test_a_child_computes_after_the_parent_used_several_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        square = torch.rand(1000, 1000)
+        (square @ square).sum()  # the parent's OpenMP pool is up
+        got = []
+        assert run_forked(lambda send: send(float((square @ square).sum())), 30, 2**31, got.append) is None
+        assert got == [pytest.approx(float((square @ square).sum()), rel=1e-4)]
+    finally:
+        torch.set_num_threads(threads)

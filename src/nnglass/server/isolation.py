@@ -2,7 +2,7 @@
 
 The child shares the hosted weights copy-on-write, so nothing it writes reaches the server; a crash, a
 runaway C call or an allocation past the cap ends the child, never the API process. CPU hosts only:
-CUDA does not survive a fork.
+CUDA does not survive a fork; and the child computes on one thread (OpenMP's pool does not survive it).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import struct
 import threading
 import time
 from typing import Any, Callable, Optional
+
+import torch
 
 __all__ = ["run_forked"]
 
@@ -54,6 +56,7 @@ def _child(child: Callable[[Callable[[Any], None]], None], write: int, memory: i
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         cap = _address_space() + memory
         resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+        torch.set_num_threads(1)  # the parent's OpenMP threads are not in the child: a parallel region would hang
         child(lambda message: _send(write, message))
         code = 0
     finally:
