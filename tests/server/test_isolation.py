@@ -40,6 +40,12 @@ def test_memory_past_the_cap_ends_the_job_not_the_server(tmp_path, x):
         assert final(capped, response.json()["job_id"])["status"] == "COMPLETED"
 
 
+def test_python_level_blowups_are_capped_too(hosted, x):
+    last = ended_with(hosted, session(node("call_function", "operator.mul", [0], 10**10)))
+    assert last["error"] == "MemoryError"
+    ended_with(hosted, session(node("call_function", "operator.pow", 7, 10**10)), "was killed")
+
+
 def test_a_crashing_child_is_reported_and_the_server_lives():
     why = run_forked(lambda send: os.kill(os.getpid(), signal.SIGSEGV), 10, 2**30, print)
     assert why == "crashed: its process died of SIGSEGV"

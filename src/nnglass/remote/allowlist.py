@@ -120,7 +120,6 @@ _BUILTINS = _words("list dict tuple set int float str bool complex len abs min m
                    "reversed enumerate zip any all slice")
 _EINOPS = _words("rearrange reduce repeat einsum")
 _OPTIMIZERS = _words("SGD Adam AdamW RMSprop Adagrad")
-_SHUTS = {"to": "use .to(dtype) with a dtype (device moves are not allowed)"}
 
 
 def _data_loader(dataset: Any, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
@@ -187,12 +186,12 @@ def attribute(op: str, name: Any) -> str:
 
 
 def check_node(op: str, target: Any, args: tuple, kwargs: dict) -> None:
-    """Refuse a call's keyword names off the list and the arguments of a method that must stay literal."""
+    """Refuse a call's keyword names off the list, `.to` with anything but dtypes, and unknown exit scopes."""
     where = f"{op} '{target!s:.60}'"
     if op in ("call_function", "call_method") and not str(target).startswith("einops."):
         _check_names(kwargs, KEYWORDS, f"keyword argument of {where}")
-    if op == "call_method" and target in _SHUTS and not all(isinstance(a, torch.dtype) for a in args[1:]):
-        raise WireError(f"{where}: {_SHUTS[target]}.")
+    if op == "call_method" and target == "to" and not all(isinstance(a, torch.dtype) for a in args[1:]):
+        raise WireError(f"{where}: use .to(dtype) with a dtype written in the request (device moves are not allowed).")
     if op == "exit" and target not in ("session", "loop"):
         raise WireError(f"exit: unknown scope {target!r:.20} (a session or a loop)")
 

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 from ..tracing.node import Node
 from .allowlist import WireError
 
+__all__ = ["Encoder", "Decoder"]
+
 _TAGS = {"$node", "$float", "$tuple", "$dict", "$slice", "$ellipsis", "$dtype", "$device", "$set",
          "$complex", "$bytes", "$dataloader", "$tensor", "$output"}
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]{1,2})?")
