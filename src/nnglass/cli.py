@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-mb", type=float, default=256, help="largest request (default: %(default)s)")
     serve.add_argument("--max-nodes", type=int, default=100_000, help="most graph nodes per request")
     serve.add_argument("--job-timeout", type=float, default=600, help="seconds a job may run (default: %(default)s)")
+    serve.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                       help="run each job in a forked process (default: on Linux when the weights are on the CPU)")
+    serve.add_argument("--job-memory-gb", type=float, default=8, help="memory a forked job may add (default: 8)")
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
@@ -76,7 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
         models[model._remote_name] = model
         print(f"nnglass serve: hosting {model._remote_name!r} ({type(model._model).__name__})", file=sys.stderr)
     limits = Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_nodes=args.max_nodes,
-                    job_timeout_s=args.job_timeout)
+                    job_timeout_s=args.job_timeout, isolate=args.isolate,
+                    max_job_bytes=int(args.job_memory_gb * 2**30))
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)

@@ -14,7 +14,8 @@ from nnglass.remote.client import RemoteError
 from nnglass.server import Limits
 from tests.server.serving import hosting, tiny_model
 
-LIMITS = Limits(max_request_bytes=64 * 1024, max_nodes=200, job_timeout_s=1.0)
+LIMITS = Limits(max_request_bytes=64 * 1024, max_nodes=200, job_timeout_s=1.0, max_loop_iterations=10**9,
+                isolate=False)  # jobs on threads here: the forked kind are tested in test_isolation
 
 
 @pytest.fixture(scope="module")

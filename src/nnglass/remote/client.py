@@ -13,10 +13,11 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from ..config import CONFIG
-from . import serialize
+from . import redact, serialize
 from .schema import API_KEY_HEADER, JobStatus, StatusMessage
 
 logger = logging.getLogger("nnglass.remote")
+redact.install()  # API keys stay out of the websockets library's header logging
 _FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s"
 POLL_WAIT_S = 10.0  # how long one polling request waits on the server for a new status
 

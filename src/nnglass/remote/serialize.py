@@ -69,7 +69,7 @@ def _encode_target(node: Node) -> Any:
     if node.op == "call_function":
         return allowlist.name_of(originals().get(node.target, node.target))
     if node.op in ("getattr", "setattr", "call_method"):
-        return allowlist.attribute(node.target)
+        return allowlist.attribute(node.op, node.target)
     return node.target
 
 
@@ -149,6 +149,7 @@ class Job:
         if type(node.args) is not tuple or type(node.kwargs) is not dict:
             raise WireError(f"node {node.name}: args must be a tuple and kwargs a dict")
         node.nested = True
+        allowlist.check_node(node.op, spec["target"], node.args, node.kwargs)  # capabilities: keywords, scopes
         node.target = self._target(graph, node, spec["target"])
         for index in spec["deps"]:
             if not (type(index) is int and 0 <= index < len(graph.nodes)):
@@ -160,7 +161,7 @@ class Job:
         if op == "call_function":
             return allowlist.function(target)
         if op in ("getattr", "setattr", "call_method"):
-            return allowlist.attribute(target)
+            return allowlist.attribute(op, target)
         if op in ("trace", "iter"):
             if not (type(target) is int and 0 <= target < len(self.graphs)) or self.graphs[target].parent is not graph:
                 raise WireError(f"node {node.name}: bad subgraph {target!r:.20}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import sys
 from typing import Any, Callable
 
@@ -13,8 +14,11 @@ from torch.utils.data import DataLoader
 from ..tracing.node import Node
 from .allowlist import WireError
 
+__all__ = ["Encoder", "Decoder"]
+
 _TAGS = {"$node", "$float", "$tuple", "$dict", "$slice", "$ellipsis", "$dtype", "$device", "$set",
          "$complex", "$bytes", "$dataloader", "$tensor", "$output"}
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]{1,2})?")
 _DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
@@ -127,7 +131,9 @@ class Decoder:
             raise WireError(f"unknown dtype {name!r:.40}")
         return _DTYPES[name]
 
-    def _device(self, name: str, data: dict) -> torch.device:
+    def _device(self, name: Any, data: dict) -> torch.device:
+        if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+            raise WireError(f"bad device {name!r:.40} (a device is 'cpu', 'cuda' or 'cuda:N')")
         return torch.device(name)
 
     def _set(self, items: list, data: dict) -> set:
@@ -141,7 +147,10 @@ class Decoder:
         return bytearray(raw) if data.get("mutable") else raw
 
     def _dataloader(self, spec: dict, data: dict) -> DataLoader:
-        return DataLoader(self(spec["dataset"]), batch_size=spec["batch_size"])
+        size = spec["batch_size"]
+        if type(size) is not int or size < 1:
+            raise WireError(f"bad DataLoader batch size {size!r:.20}")
+        return DataLoader(self(spec["dataset"]), batch_size=size)
 
     def _output(self, where: list, data: dict) -> Any:
         """A transformers ModelOutput, of a class from a transformers module already imported here."""

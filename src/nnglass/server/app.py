@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
 from .. import __version__
+from ..remote import redact
 from ..remote.schema import API_KEY_HEADER, ServerStatus, StatusMessage, SubmitResponse
 from . import page
 from .host import Host
@@ -24,6 +25,7 @@ def create_app(models: dict[str, Any], database_url: str = "sqlite:///nnglass.db
 
     `app.state.keys` is the KeyStore and `app.state.host` the Host (models, workers, jobs).
     """
+    redact.install()
     keys = KeyStore(database_url)
     host = Host(models, limits or Limits())
 

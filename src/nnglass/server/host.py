@@ -1,7 +1,10 @@
 """Host: the models a server runs, their workers, and the checks a request passes before it is queued."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import sys
 import threading
 from typing import Any
 
@@ -13,9 +16,13 @@ from ..modeling.language import LanguageModel
 from ..remote import serialize
 from ..remote.allowlist import WireError
 from ..remote.schema import JobStatus, ModelInfo, RequestSpec, ServerStatus, SubmitResponse
+from .audit import audit
+from .integrity import Pristine
 from .jobs import JobRecord, JobStore
 from .limits import Limits
 from .workers import ModelWorker
+
+__all__ = ["Host"]
 
 
 class Host:
@@ -26,22 +33,27 @@ class Host:
             if isinstance(model, LanguageModel):
                 model.dispatch()  # load the weights once, before the first job
         self.models = dict(models)
-        self.limits = limits
+        self.limits = limits = dataclasses.replace(limits, isolate=_isolate(limits, self.models))
         self.jobs = JobStore(limits.result_ttl_s)
         locks = {name: threading.Lock() for name in self.models}
-        self.workers = {name: ModelWorker(name, locks, limits.job_timeout_s) for name in self.models}
+        # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
+        pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
+        self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:
         """Check a request, decode it, and queue it for its model; HTTPException says what is wrong."""
-        data = _json(body)
+        data = _json(body, self.limits.max_depth)
         spec = self._checked(data)
         try:
             request = serialize.Job(data, self.models.__getitem__)
+            audit(request, self.limits)
+        except HTTPException:
+            raise
         except WireError as error:
             raise HTTPException(400, str(error)) from error
-        except (ValueError, TypeError, KeyError, IndexError) as error:
-            raise HTTPException(400, f"malformed request: {type(error).__name__}: {error}") from error
+        except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
+            raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
         record = JobRecord(owner, spec.model, spec.traced_models(), request)
         self.jobs.add(record)
         record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
@@ -60,10 +72,14 @@ class Host:
             spec = RequestSpec.model_validate(data)
         except ValidationError as error:
             raise HTTPException(422, "malformed request: " + _problems(error)) from error
-        nodes = sum(len(graph.nodes) for graph in spec.graphs)
+        nodes = sum(len(graph.nodes) + 1 for graph in spec.graphs)
         if nodes > self.limits.max_nodes:
             raise HTTPException(413, f"the request has {nodes} graph nodes; this server runs at most "
                                      f"{self.limits.max_nodes} per request")
+        invokes = max((sum(node.op == "invoke" for node in graph.nodes) for graph in spec.graphs), default=0)
+        if invokes > self.limits.max_invokes:
+            raise HTTPException(413, f"a trace of the request has {invokes} invokes; this server runs "
+                                     f"0 to {self.limits.max_invokes} per trace (Limits.max_invokes)")
         unknown = sorted(spec.traced_models() - self.models.keys())
         if unknown:
             raise HTTPException(404, f"model {unknown[0]!r} is not hosted on this server; it hosts: "
@@ -73,7 +89,7 @@ class Host:
     def status(self) -> ServerStatus:
         """The hosted models with their size and queue length."""
         return ServerStatus(nnglass=__version__, models=[
-            ModelInfo(name=name, architecture=type(model._model).__name__, parameters=self.sizes[name],
+            ModelInfo(name=public_name(name), architecture=type(model._model).__name__, parameters=self.sizes[name],
                       queue=len(self.workers[name]))
             for name, model in self.models.items()])
 
@@ -83,11 +99,42 @@ class Host:
             worker.close()
 
 
-def _json(body: bytes) -> Any:
+def _isolate(limits: Limits, models: dict[str, Any]) -> bool:
+    """Whether jobs run in forked processes: as asked, else on Linux when every hosted weight is on the CPU
+    (CUDA does not survive a fork)."""
+    if limits.isolate is not None:
+        return limits.isolate
+    on_cpu = all(p.device.type == "cpu" for model in models.values() for p in model._model.parameters())
+    return sys.platform == "linux" and hasattr(os, "fork") and on_cpu
+
+
+def public_name(name: str) -> str:
+    """A hosted model's name as `/status` shows it: a local checkpoint path shows its last part only."""
+    return os.path.basename(os.path.normpath(name)) if os.path.isabs(name) or os.path.exists(name) else name
+
+
+def _json(body: bytes, max_depth: int) -> Any:
+    """The parsed body; 400 if it is not JSON, 413 if it nests deeper than `max_depth`."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
+    except RecursionError as error:
+        raise HTTPException(413, f"the request nests deeper than this server reads ({max_depth})") from error
     except ValueError as error:
         raise HTTPException(400, f"the request body is not valid JSON: {error}") from error
+    if _depth(data, max_depth) > max_depth:
+        raise HTTPException(413, f"the request nests deeper than {max_depth} levels (Limits.max_depth)")
+    return data
+
+
+def _depth(data: Any, limit: int) -> int:
+    """How deep lists and objects nest in data (counting stops past `limit`)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)) and depth <= limit + 1:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def _problems(error: ValidationError) -> str:

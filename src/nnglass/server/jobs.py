@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 from ..remote.schema import JobStatus, StatusMessage
 
+__all__ = ["JobRecord", "JobStore"]
+
 
 class JobRecord:
     """One job: its decoded request, the statuses so far (pushed to followers), its result bytes."""
@@ -85,6 +87,11 @@ class JobStore:
         """The job with this id if the key `owner` submitted it."""
         job = self._jobs.get(job_id)
         return job if job is not None and job.owner == owner else None
+
+    def held(self, owner: int) -> int:
+        """Bytes of results that the key `owner` has not downloaded yet."""
+        with self._lock:
+            return sum(len(job.result) for job in self._jobs.values() if job.owner == owner and job.result)
 
     def take_result(self, job_id: str, owner: int) -> Optional[bytes]:
         """A completed job's result, handed out once (the job is then forgotten)."""

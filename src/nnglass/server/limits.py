@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["Limits"]
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Request size, graph size, run time, and how long an undownloaded result is kept."""
+    """Request size and nesting, graph size, invokes, loops, tensor sizes, logs, results, run time."""
 
-    max_request_bytes: int = 256 * 2**20  # a larger body is answered 413
-    max_nodes: int = 100_000              # a graph with more nodes (all subgraphs together) is answered 413
-    job_timeout_s: float = 600.0          # a job running longer is stopped and ends with ERROR
-    result_ttl_s: float = 3600.0          # a finished job's result is dropped this long after it ended
+    max_request_bytes: int = 256 * 2**20     # a larger body is answered 413
+    max_depth: int = 64                      # JSON nested deeper is answered 413
+    max_nodes: int = 100_000                 # more graphs and nodes (all subgraphs together): 413
+    max_invokes: int = 256                   # more invokes in one trace: 413
+    max_loop_iterations: int = 100_000       # a longer `range` in a graph: 413
+    max_tensor_elements: int = 2**28         # a job making a larger tensor ends with ERROR
+    max_list_elements: int = 2**22           # `.tolist()` of a larger tensor ends with ERROR
+    max_products: int = 2**36                # a matrix product of more multiply-adds ends with ERROR
+    max_log_lines: int = 1_000               # a job logging more ends with ERROR
+    max_result_bytes: int = 512 * 2**20      # a job saving more ends with ERROR
+    max_held_bytes: int = 2 * 2**30          # undownloaded results kept per API key; past it new jobs end with ERROR
+    job_timeout_s: float = 600.0             # a job running longer is stopped and ends with ERROR
+    isolate: Optional[bool] = None           # each job in a forked process; None: on Linux if no weights are on a GPU
+    max_job_bytes: int = 8 * 2**30           # with `isolate`: memory a job's process may add (RLIMIT_AS)
+    result_ttl_s: float = 3600.0             # a finished job's result is dropped this long after it ended

@@ -1,4 +1,4 @@
-"""Workers: one queue and one thread per hosted model, running jobs one at a time with a time limit."""
+"""Workers: one queue and one thread per hosted model, running jobs one at a time within the limits."""
 from __future__ import annotations
 
 import collections
@@ -6,12 +6,18 @@ import contextlib
 import ctypes
 import json
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..remote.schema import JobStatus
 from ..tracing import local
 from ..tracing.node import location
+from .budget import Budget, LimitExceeded
+from .integrity import Pristine
+from .isolation import run_forked
 from .jobs import JobRecord
+from .limits import Limits
+
+__all__ = ["JobTimeout", "ModelWorker"]
 
 
 class JobTimeout(BaseException):
@@ -21,10 +27,13 @@ class JobTimeout(BaseException):
 class ModelWorker:
     """The queue of one model and the thread that runs its jobs in order."""
 
-    def __init__(self, name: str, locks: dict[str, threading.Lock], timeout: float) -> None:
+    def __init__(self, name: str, locks: dict[str, threading.Lock], limits: Limits,
+                 pristine: dict[str, Pristine], held: Callable[[int], int]) -> None:
         self.name = name
         self.locks = locks            # one per hosted model: a job holds those of every model it uses
-        self.timeout = timeout
+        self.limits = limits
+        self.pristine = pristine      # per hosted model: its weights as loaded, put back after each job
+        self.held = held              # bytes of results an API key has not downloaded yet
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
         self.running: Optional[JobRecord] = None
@@ -64,7 +73,9 @@ class ModelWorker:
             try:
                 with self._models_of(record):
                     record.post(JobStatus.RUNNING, "Your job has started running.")
-                    _Run(record, self.timeout).start_and_wait()
+                    _Run(record, self.limits, self.held).start_and_wait()
+                    for name in sorted(record.models) if not self.limits.isolate else ():
+                        self.pristine[name].restore()
             finally:
                 self.running = None
 
@@ -85,15 +96,20 @@ class _Run:
     an exception sent just before: so every JobTimeout sent is raised inside `_main`, never later.
     """
 
-    def __init__(self, record: JobRecord, timeout: float) -> None:
+    def __init__(self, record: JobRecord, limits: Limits, held: Callable[[int], int]) -> None:
         self.record = record
-        self.timeout = timeout
+        self.limits = limits
+        self.timeout = limits.job_timeout_s
+        self.held = held
         self.lock = threading.Lock()
         self.finished = False
         self.thread = threading.Thread(target=self._main, name=f"nnglass-job-{record.id}", daemon=True)
 
     def start_and_wait(self) -> None:
         """Run the job; interrupt it at the time limit, then wait for it to unwind (hooks removed)."""
+        if self.limits.isolate:
+            self._forked()
+            return
         self.thread.start()
         self.thread.join(self.timeout)
         if self.thread.is_alive():
@@ -102,14 +118,21 @@ class _Run:
                     _async_raise(self.thread.ident, JobTimeout)
             self.thread.join()
 
+    def _forked(self) -> None:
+        """Run the job in a child process that posts through a relay; say why if it ended otherwise."""
+        record, limits = self.record, self.limits
+        relay = _Relay(record)
+        child = _Run(relay, limits, self.held)  # type: ignore[arg-type]
+        why = run_forked(relay.run(child._main), self.timeout, limits.max_job_bytes, relay.replay)
+        error = "JobCrashed" if why is None or why.startswith("crashed") else "TimeoutError"
+        record.post(JobStatus.ERROR, f"The job {why or 'ended without a result'}.", error=error)  # unless it ended
+
     def _main(self) -> None:
         record = self.record
-        local.set_log_handler(lambda text: record.post(JobStatus.LOG, text))
+        local.set_log_handler(_Log(record, self.limits.max_log_lines))
         try:
             try:
-                request = record.request
-                request.run()
-                result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
+                result = self._result()
             finally:
                 with self.lock:
                     self.finished = True
@@ -117,11 +140,74 @@ class _Run:
             record.finish(result)
         except JobTimeout:
             record.post(JobStatus.ERROR, f"The job ran longer than this server's limit of {self.timeout:g} s "
-                                         "and was stopped.", error="TimeoutError")
+                                         "(Limits.job_timeout_s) and was stopped.", error="TimeoutError")
         except Exception as error:
             node = getattr(error, "nnglass_node", None)
             where = "{}:{}".format(*location(node.where)) if node is not None and node.where else None
             record.post(JobStatus.ERROR, str(error), error=type(error).__name__, where=where)
+        except BaseException as error:  # an exit() or stop() that no session, loop or trace caught
+            record.post(JobStatus.ERROR, f"The job ended with {type(error).__name__}({error}) outside the "
+                                         "scope that handles it.", error=type(error).__name__)
+        finally:
+            local.set_log_handler(None)
+
+    def _result(self) -> bytes:
+        """Run the request within the tensor-size budget; its saved values as JSON, within the result limits."""
+        limits, request = self.limits, self.record.request
+        with Budget(limits.max_tensor_elements, limits.max_list_elements, limits.max_products):
+            request.run()
+        result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
+        if len(result) > limits.max_result_bytes:
+            raise LimitExceeded(f"the job's saved values take {len(result):,} bytes; this server returns at "
+                                f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
+        held = self.held(self.record.owner)
+        if held + len(result) > limits.max_held_bytes:
+            raise LimitExceeded(f"this API key has {held:,} bytes of results not downloaded yet; this server "
+                                f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
+                                "download them first")
+        return result
+
+
+class _Relay:
+    """Stands in for a job's record in its child process: statuses and the result go down the pipe."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        self.id, self.owner, self.request = record.id, record.owner, record.request
+        self.send: Callable[[list], None] = lambda message: None
+
+    def run(self, main: Callable[[], None]) -> Callable[[Callable[[list], None]], None]:
+        """The child's work: `main()` with this relay's `send` set to the pipe."""
+        def child(send: Callable[[list], None]) -> None:
+            self.send = send
+            main()
+        return child
+
+    def post(self, status: JobStatus, description: str = "", **fields: object) -> None:
+        self.send(["post", status.value, description, fields])
+
+    def finish(self, result: bytes) -> None:
+        self.send(["finish", result.decode()])
+
+    def replay(self, message: list) -> None:
+        """In the server: apply one message from the child to the real record."""
+        if message[0] == "finish":
+            self.record.finish(message[1].encode())
+        else:
+            self.record.post(JobStatus(message[1]), message[2], **message[3])
+
+
+class _Log:
+    """A job's log handler: each line becomes a LOG status, up to `limit` lines."""
+
+    def __init__(self, record: JobRecord, limit: int) -> None:
+        self.record, self.limit, self.lines = record, limit, 0
+
+    def __call__(self, text: str) -> None:
+        self.lines += 1
+        if self.lines > self.limit:
+            raise LimitExceeded(f"the job logged more than {self.limit:,} lines (Limits.max_log_lines)")
+        self.record.post(JobStatus.LOG, text)
 
 
 def _checkpoint() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import re
 from typing import Any, Callable
 
 from .local import current
@@ -111,18 +112,27 @@ class Runtime:
 
     def fstring(self, *parts: Any) -> Any:
         """The f-string of parts (literal strings and (value, conversion, spec)); a proxy of it if a value is one."""
-        fields = [part for part in parts if type(part) is tuple]
-        if not any(_building(value) for value, _, _ in fields):
-            return "".join(part if type(part) is str else format(_convert(*part[:2]), part[2]) for part in parts)
-        template, index = [], 0
-        for part in parts:
-            if type(part) is str:
-                template.append(part.replace("{", "{{").replace("}", "}}"))
-            else:
-                conversion = "" if part[1] == -1 else "!" + chr(part[1])
-                template.append("{%d%s%s}" % (index, conversion, ":" + part[2] if part[2] else ""))
-                index += 1
-        return _apply(str, "".join(template)).format(*(value for value, _, _ in fields))
+        if not any(type(part) is tuple and _building(part[0]) for part in parts):
+            return join_fields(*parts)
+        return _apply(join_fields, *parts)
+
+
+def join_fields(*parts: Any) -> str:
+    """An f-string from literal strings and (value, conversion, spec) fields: no field names, so no attribute
+    access (unlike str.format), and widths capped, so a graph cannot make a huge string."""
+    out = []
+    for part in parts:
+        if type(part) is str:
+            out.append(part)
+            continue
+        value, conversion, spec = part
+        if not isinstance(spec, str) or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec)):
+            raise ValueError(f"an f-string format spec must be a string with numbers up to {_MAX_WIDTH}")
+        out.append(format(_convert(value, conversion), spec))
+    return "".join(out)
+
+
+_MAX_WIDTH = 10_000
 
 
 def _convert(value: Any, conversion: int) -> Any:
