@@ -22,8 +22,8 @@ def _building(value: Any) -> bool:
 
 
 def _apply(fn: Any, *args: Any) -> Any:
-    import nnglass   # the package root, imported late: it imports this module
-    return nnglass.apply(fn, *args)
+    """fn(*args) as a node of the open recorder (its arguments hold a proxy still being recorded)."""
+    return current().proxy("call_function", fn, args)
 
 
 def _truth(value: Any) -> Any:
