@@ -1,11 +1,7 @@
-"""The peer column: the same scenario code measured by the peer library (nnsight) in its own interpreter.
+"""The peer column: the same scenario code run by the peer library (nnsight) in its own interpreter.
 
-`run.py --peer PYTHON` calls run_peer, which starts this file in the peer's virtualenv (.venv-peer) as
-
-    PYTHON peer.py --worker tiny --library nnsight --model DIR --settings '{"reps": 300, ...}' --out F.json
-
-The worker imports torch, harness.py, scenarios.py and the library under test, never nnglass, and writes
-its figures and versions as JSON.
+`run_peer` starts this file there as a worker, which imports torch, harness, scenarios and the library
+under test, never nnglass, runs one scenario and writes its figures and versions as JSON.
 """
 from __future__ import annotations
 

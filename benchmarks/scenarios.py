@@ -9,6 +9,7 @@ import collections
 import gc
 import itertools
 import os
+import warnings
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, Callable
@@ -281,7 +282,9 @@ def memory_state(net: torch.nn.Module) -> dict[str, int]:
     with open("/proc/self/statm") as statm:
         rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     objects = gc.get_objects()
-    tensors = sum(1 for obj in objects if isinstance(obj, torch.Tensor))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gc sees deprecated torch objects
+        tensors = sum(1 for obj in objects if isinstance(obj, torch.Tensor))
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
     return {"RSS KiB": rss, "live tensors": tensors, "gc objects": len(objects), "hooks": hooks}
 
