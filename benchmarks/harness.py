@@ -22,16 +22,17 @@ Figure = dict[str, float]  # {"value": median, "min": ..., "max": ...}
 
 @dataclass(frozen=True)
 class Settings:
-    """Repetitions of cheap and of SmolLM2 scenarios, warm-up rounds, and traces of the memory scenario."""
+    """Repetitions and warm-up rounds of cheap and of SmolLM2 scenarios, and traces of the memory scenario."""
 
     reps: int = 300
-    lm_reps: int = 30
     warmup: int = 10
+    lm_reps: int = 30
+    lm_warmup: int = 2
     traces: int = 1000
 
 
 FULL = Settings()
-QUICK = Settings(reps=3, lm_reps=2, warmup=1, traces=50)
+QUICK = Settings(reps=3, warmup=1, lm_reps=2, lm_warmup=1, traces=50)
 
 
 def setup() -> None:

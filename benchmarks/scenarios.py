@@ -143,7 +143,7 @@ def lm_save(lib: Any, settings: Settings, model_path: str) -> Figures:
             model.model.layers[SAVE_LAYER].output.save()
 
     samples = measure({"forward": lambda: hf(**tokens(PROMPT)), "trace, one save": save},
-                      settings.lm_reps, settings.warmup)
+                      settings.lm_reps, settings.lm_warmup)
     return lm_figures(samples, {"trace, one save": "forward"})
 
 
@@ -177,7 +177,7 @@ def lm_stop(lib: Any, settings: Settings, model_path: str) -> Figures:
             tracer.stop()
 
     samples = measure({"forward": lambda: hf(**tokens(PROMPT)), "plain stop": hook_stop, "trace, stop": stop},
-                      settings.lm_reps, settings.warmup)
+                      settings.lm_reps, settings.lm_warmup)
     return lm_figures(samples, {"trace, stop": "plain stop"})
 
 
@@ -200,7 +200,7 @@ def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
 
     samples = measure({"batched forward": lambda: hf(**tokens(list(PROMPTS))), "8 invokes": invokes,
                        "8 forwards": lambda: [hf(**tokens(p)) for p in PROMPTS], "8 traces": traces},
-                      settings.lm_reps, settings.warmup)
+                      settings.lm_reps, settings.lm_warmup)
     return lm_figures(samples, {"8 invokes": "batched forward", "8 traces": "8 forwards"})
 
 
@@ -224,7 +224,7 @@ def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
                     logits.append(model.lm_head.output)
 
     samples = measure({"plain generate": lambda: hf.generate(**tokens(PROMPT), **options), "generate": generate},
-                      settings.lm_reps, settings.warmup)
+                      settings.lm_reps, settings.lm_warmup)
     return lm_figures(samples, {"generate": "plain generate"})
 
 
@@ -245,13 +245,13 @@ def lm_shape(lib: Any, settings: Settings, model_path: str) -> Figures:
             model.model.layers[0].output.save()
 
     samples = measure({"forward": lambda: hf(**tokens(next(prompts["forward"]))), "trace": save,
-                       "trace, .shape": shape}, settings.lm_reps, settings.warmup)
+                       "trace, .shape": shape}, settings.lm_reps, settings.lm_warmup)
     figures = lm_figures(samples, {"trace, .shape": "trace"})
     forward = figures["forward µs"]["value"]
     figures["first .shape, forwards"] = {k: v / forward for k, v in figures["overhead: trace, .shape µs"].items()}
     scans = getattr(model, "_scans", None)  # nnglass's shape cache (a private attribute: no public count yet)
     if scans is not None:
-        figures.update({"input lengths traced": min(len(SHAPE_PROMPTS), settings.lm_reps + settings.warmup),
+        figures.update({"input lengths traced": min(len(SHAPE_PROMPTS), settings.lm_reps + settings.lm_warmup),
                         "shape cache entries": len(scans.entries), "shape cache bound": scans.size})
     return figures
 

@@ -11,7 +11,7 @@ import harness  # noqa: E402
 import run  # noqa: E402
 from peer import run_peer  # noqa: E402
 
-TINY = harness.Settings(reps=1, lm_reps=1, warmup=0, traces=10)
+TINY = harness.Settings(reps=1, warmup=0, lm_reps=1, lm_warmup=0, traces=10)
 
 
 @pytest.fixture(autouse=True)
