@@ -42,17 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ours, theirs = measure_all(args.only or list(SCENARIOS), settings, args.peer)
     tables = [scenario_table(name, ours[name], theirs.get(name)) for name in ours] + [targets_table(ours, theirs)]
-    text = "\n".join(table.markdown() for table in tables)
-    print(text)
+    print("\n".join(table.markdown() for table in tables))
     out = args.out or (None if args.quick or args.only else RESULTS)
     if out is not None:
-        summary = tables.pop().markdown()
-        if plot(ours, theirs, out.parent / PLOT):
-            summary += f"\n![overhead per scenario]({PLOT})\n"
-        body = "\n".join(table.markdown() for table in tables)
-        out.write_text(header(settings, time.perf_counter() - started, argv) + "\n" + summary + "\n" + body)
-        print(f"wrote {out}")
+        head = header(settings, time.perf_counter() - started, argv)
+        write(out, head, tables, plot(ours, theirs, out.parent / PLOT))
     return 0
+
+
+def write(out: Path, head: str, tables: list[Table], plotted: bool) -> None:
+    """The markdown file: the header, the targets (and the plot) first, then each scenario's table."""
+    *scenarios, targets = tables
+    picture = f"\n![overhead per scenario]({PLOT})\n" if plotted else ""
+    out.write_text(head + "\n" + targets.markdown() + picture + "\n" + "\n".join(t.markdown() for t in scenarios))
+    print(f"wrote {out}")
 
 
 def measure_all(names: list[str], settings: Settings, peer: str | None) -> tuple[Results, Results]:
@@ -96,6 +99,7 @@ def scenario_table(name: str, ours: dict[str, Any], theirs: dict[str, Any] | Non
         a, b = number(value), number(other.get(figure))
         ratio = f"{a / b:.2f}" if a is not None and b else None
         table.add(figure, a if a is not None else value, spread(value), b, spread(other.get(figure)), ratio)
+    table.notes.append(SCENARIOS[name][1].__doc__)
     if theirs and "error" in theirs:
         table.notes.append(f"{peer} failed: {theirs['error']}")
     return table
@@ -128,26 +132,21 @@ def verdict(target: Target, figures: dict[str, Any], theirs: dict[str, Any] | No
 
 
 def plot(ours: Results, theirs: Results, path: Path) -> bool:
-    """A bar chart of every overhead, nnglass beside the peer; False without matplotlib or overheads."""
+    """Every overhead as a bar, nnglass beside the peer, on a log scale; False without matplotlib."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels = [(name, f) for name, r in ours.items() for f in r["figures"] if f.startswith("overhead:") and
-              f.endswith(" µs")]
+    labels = [(n, f) for n, r in ours.items() for f in r["figures"] if f.startswith("overhead:") and f.endswith("µs")]
     if not labels:
         return False
+    series = [("nnglass", ours)] + ([(peer_name(next(iter(theirs.values()))), theirs)] if theirs else [])
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1))
-    rows = range(len(labels))
-    series = [("nnglass", ours, 0.0)] + [(peer_name(theirs.get(n)), theirs, 0.4) for n in list(theirs)[:1]]
-    for label, results, shift in series:
+    for shift, (label, results) in enumerate(series):
         values = [number(results.get(n, {}).get("figures", {}).get(f)) or 0.0 for n, f in labels]
-        ax.barh([r + shift for r in rows], [max(v, 0.01) for v in values], height=0.4, label=label)
-    ax.set_yticks([r + 0.2 for r in rows], [f"{n}: {f[10:-3]}" for n, f in labels], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("overhead over the plain equivalent, µs (median)")
+        ax.barh([i + 0.4 * shift for i in range(len(labels))], [max(v, 0.01) for v in values], 0.4, label=label)
+    ax.set_yticks([i + 0.2 for i in range(len(labels))], [f"{n}: {f[10:-3]}" for n, f in labels], fontsize=8)
+    ax.set(xscale="log", xlabel="overhead over the plain equivalent, µs (median; ≤ 0 drawn at 0.01)")
     ax.invert_yaxis()
     ax.legend()
     fig.tight_layout()

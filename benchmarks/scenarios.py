@@ -51,7 +51,7 @@ def tiny_net(lib: Any) -> tuple[Any, torch.nn.Module, torch.Tensor]:
 
 @scenario("tiny", "Tiny net (5 -> 10 -> 2): what a trace adds to the plain forward")
 def tiny(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """Empty trace, one save and one edit against the plain forward."""
+    """Empty trace, one save and one edit (`layer1.output[:, 0] = 0`, save the output) against the plain forward."""
     model, net, x = tiny_net(lib)
 
     def empty() -> None:
@@ -74,7 +74,7 @@ def tiny(lib: Any, settings: Settings, model_path: str) -> Figures:
 
 @scenario("chain", f"{OPS}-op chain (`h = h * 1.0001 + 0.0`) on layer1's output of the tiny net")
 def chain(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """Per-node cost of a chain of ops, built and run, over the same eager ops."""
+    """Per node: (trace + ops − the same ops eager) / ops, built and run; build: from entering to the body's end."""
     model, net, x = tiny_net(lib)
     nodes: list[int] = []
     builds: list[int] = []  # ns from entering the trace to the end of its body, per call
@@ -158,7 +158,7 @@ def _raise_stop(*_: Any) -> None:
 
 @scenario("lm_stop", f"SmolLM2: early stop after layer {STOP_LAYER} against a plain hook that raises there")
 def lm_stop(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """tracer.stop() after a layer against the same stop done with a plain hook, and the full forward."""
+    """`tracer.stop()` after the layer against the same stop by a plain hook that raises; the full forward for scale."""
     model = language_model(lib, model_path)
     hf, tokens = plain(model)
 
@@ -183,7 +183,7 @@ def lm_stop(lib: Any, settings: Settings, model_path: str) -> Figures:
 
 @scenario("lm_invokes", f"SmolLM2: {len(PROMPTS)} invokes in one trace against {len(PROMPTS)} separate traces")
 def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """One batched trace of 8 invokes and 8 traces, each against its plain equivalent."""
+    """8 invokes against one padded batched forward; 8 traces against 8 plain forwards."""
     model = language_model(lib, model_path)
     hf, tokens = plain(model)
 
@@ -206,7 +206,7 @@ def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
 
 @scenario("lm_generate", f"SmolLM2: greedy generation of {NEW_TOKENS} tokens saving the logits of every step")
 def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """model.generate saving lm_head's output at each step against plain generate."""
+    """`model.generate` saving lm_head's output at every step against plain `generate`."""
     model = language_model(lib, model_path)
     hf, tokens = plain(model)
     options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": model.tokenizer.pad_token_id}
@@ -230,7 +230,7 @@ def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
 
 @scenario("lm_shape", "SmolLM2: the first `.shape` in a trace (a new input length every repetition)")
 def lm_shape(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """Cost of `model.model.layers[0].output.shape` on an input length not seen just before, in forwards."""
+    """First .shape, forwards: (trace with `layers[0].output.shape` − the trace without) / the plain forward."""
     model = language_model(lib, model_path)
     hf, tokens = plain(model)
     prompts = {name: itertools.cycle(SHAPE_PROMPTS) for name in ("forward", "trace", "trace, .shape")}
@@ -259,7 +259,7 @@ def lm_shape(lib: Any, settings: Settings, model_path: str) -> Figures:
 # -- memory ------------------------------------------------------------------------------------------------
 @scenario("memory", "Memory: traces of the tiny net, each saving layer1's output")
 def memory(lib: Any, settings: Settings, model_path: str) -> Figures:
-    """Growth of RSS, live tensors and gc objects over many traces, and hooks left on the modules."""
+    """Growth over the traces, after 100 warm-up traces and a collection; hooks left on the net's modules."""
     model, net, x = tiny_net(lib)
 
     def trace() -> None:
@@ -292,8 +292,7 @@ def memory_state(net: torch.nn.Module) -> dict[str, int]:
 # -- targets -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """A target of the issue: a scenario's figure at most limit (a number or another figure's name), or with
-    peer_share at most that share of the peer's figure."""
+    """A target of the issue: a figure at most limit (a number or a figure's name), or that share of the peer's."""
 
     text: str
     scenario: str
