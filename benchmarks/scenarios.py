@@ -49,6 +49,13 @@ def tiny_net(lib: Any) -> tuple[Any, torch.nn.Module, torch.Tensor]:
     return lib.NNsight(net), net, torch.rand(1, 5)
 
 
+def check(saved: Any, expected: torch.Tensor) -> None:
+    """Fail the scenario where a trace computed something other than the eager code (nnglass saves a proxy)."""
+    got = saved if isinstance(saved, torch.Tensor) else saved.value
+    if not torch.allclose(got, expected):
+        raise AssertionError(f"the trace saved {got}, the eager code gives {expected}")
+
+
 @scenario("tiny", "Tiny net (5 -> 10 -> 2): what a trace adds to the plain forward")
 def tiny(lib: Any, settings: Settings, model_path: str) -> Figures:
     """Empty trace, one save and one edit (`layer1.output[:, 0] = 0`, save the output) against the plain forward."""
@@ -58,15 +65,19 @@ def tiny(lib: Any, settings: Settings, model_path: str) -> Figures:
         with model.trace(x):
             pass
 
-    def save() -> None:
+    def save() -> Any:
         with model.trace(x):
-            model.layer1.output.save()
+            hidden = model.layer1.output.save()
+        return hidden
 
-    def edit() -> None:
+    def edit() -> Any:
         with model.trace(x):
             model.layer1.output[:, 0] = 0
-            model.output.save()
+            out = model.output.save()
+        return out
 
+    check(save(), net.layer1(x))
+    check(edit(), net.layer2(net.layer1(x) * torch.tensor([0.0] + [1.0] * 9)))
     samples = measure({"forward": lambda: net(x), "empty trace": empty, "one save": save, "edit": edit},
                       settings.reps, settings.warmup)
     return {**times(samples), **overheads(samples, dict.fromkeys(("empty trace", "one save", "edit"), "forward"))}
@@ -79,23 +90,26 @@ def chain(lib: Any, settings: Settings, model_path: str) -> Figures:
     nodes: list[int] = []
     builds: list[int] = []  # ns from entering the trace to the end of its body, per call
 
-    def eager() -> None:
+    def eager() -> torch.Tensor:
         h = net.layer1(x)
         net.layer2(h)
         for _ in range(OPS // 2):
             h = h * 1.0001 + 0.0
+        return h
 
-    def traced() -> None:
+    def traced() -> Any:
         start = perf_counter_ns()
         with model.trace(x) as tracer:
             h = model.layer1.output
             for _ in range(OPS // 2):
                 h = h * 1.0001 + 0.0
-            h.save()
+            h = h.save()
             builds.append(perf_counter_ns() - start)
         graph = getattr(tracer, "graph", None)  # nnsight 0.5 and later record no graph
         nodes[:] = [len(graph.nodes)] if graph is not None else []
+        return h
 
+    check(traced(), eager())
     samples = measure({"eager ops": eager, "trace + ops": traced}, settings.reps, settings.warmup)
     over = overheads(samples, {"trace + ops": "eager ops"})
     per_node = {key: value / OPS for key, value in over["overhead: trace + ops µs"].items()}
