@@ -163,12 +163,11 @@ def header(settings: Settings, seconds: float, argv: list[str]) -> str:
         f"- date: {when}; machine: {platform.processor() or platform.machine()}, nproc "
         f"{len(os.sched_getaffinity(0))}, load average %.2f, %.2f, %.2f at the end" % os.getloadavg(),
         f"- torch {torch.__version__}, 1 thread, autograd off; python {platform.python_version()}",
-        "- method: a scenario's variants run interleaved in one process, in a fresh random order every repetition, "
-        f"after {settings.warmup} warm-up rounds: {settings.reps} repetitions (SmolLM2: {settings.lm_reps} after "
-        f"{settings.lm_warmup}). "
-        "Figures are medians (min..max beside them); an overhead is the median of per-repetition differences "
-        "against the plain equivalent timed in the same round. The peer runs the same scenario code in its own "
-        "interpreter right after nnglass's block of each scenario.",
+        f"- method: a scenario's variants interleaved in one process, in a fresh random order every repetition: "
+        f"{settings.reps} repetitions after {settings.warmup} warm-up rounds (SmolLM2: {settings.lm_reps} after "
+        f"{settings.lm_warmup}). Figures are medians (min..max beside them); an overhead is the median of "
+        "per-repetition differences against the plain equivalent timed in the same round. The peer runs the same "
+        "scenario code in its own interpreter right after nnglass's block of each scenario.",
         f"- command: `python benchmarks/run.py{''.join(' ' + a for a in argv)}`, {seconds:.0f} s in all", "",
     ])
 

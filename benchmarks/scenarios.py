@@ -122,20 +122,16 @@ def chain(lib: Any, settings: Settings, model_path: str) -> Figures:
 _LM: dict[str, Any] = {}
 
 
-def language_model(lib: Any, model_path: str) -> Any:
-    """SmolLM2 as lib's LanguageModel, loaded once per process."""
+def language_model(lib: Any, model_path: str) -> tuple[Any, Any, Callable[..., dict]]:
+    """SmolLM2 as lib's LanguageModel (loaded once per process), its transformers model, and its tokenizer call."""
     if lib.__name__ not in _LM:
         from transformers.utils import logging
         logging.set_verbosity_error()
         logging.disable_progress_bar()
         _LM[lib.__name__] = lib.LanguageModel(model_path, dispatch=True)
-    return _LM[lib.__name__]
-
-
-def plain(model: Any) -> tuple[Any, Callable[..., dict]]:
-    """The transformers model inside lib's LanguageModel, and a tokenizer call giving its keyword inputs."""
+    model = _LM[lib.__name__]
     tok = model.tokenizer
-    return model._module, lambda text: tok(text, return_tensors="pt", padding=isinstance(text, list))
+    return model, model._module, lambda text: tok(text, return_tensors="pt", padding=isinstance(text, list))
 
 
 def lm_figures(samples: dict, pairs: dict[str, str]) -> Figures:
@@ -149,8 +145,7 @@ def lm_figures(samples: dict, pairs: dict[str, str]) -> Figures:
 @scenario("lm_save", f"SmolLM2: a trace saving layer {SAVE_LAYER}'s output against the plain forward")
 def lm_save(lib: Any, settings: Settings, model_path: str) -> Figures:
     """One save against the plain forward, tokenizer included in both."""
-    model = language_model(lib, model_path)
-    hf, tokens = plain(model)
+    model, hf, tokens = language_model(lib, model_path)
 
     def save() -> None:
         with model.trace(PROMPT):
@@ -173,8 +168,7 @@ def _raise_stop(*_: Any) -> None:
 @scenario("lm_stop", f"SmolLM2: early stop after layer {STOP_LAYER} against a plain hook that raises there")
 def lm_stop(lib: Any, settings: Settings, model_path: str) -> Figures:
     """`tracer.stop()` after the layer against the same stop by a plain hook that raises; the full forward for scale."""
-    model = language_model(lib, model_path)
-    hf, tokens = plain(model)
+    model, hf, tokens = language_model(lib, model_path)
 
     def hook_stop() -> None:
         handle = hf.model.layers[STOP_LAYER].register_forward_hook(_raise_stop)
@@ -198,8 +192,7 @@ def lm_stop(lib: Any, settings: Settings, model_path: str) -> Figures:
 @scenario("lm_invokes", f"SmolLM2: {len(PROMPTS)} invokes in one trace against {len(PROMPTS)} separate traces")
 def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
     """8 invokes against one padded batched forward; 8 traces against 8 plain forwards."""
-    model = language_model(lib, model_path)
-    hf, tokens = plain(model)
+    model, hf, tokens = language_model(lib, model_path)
 
     def invokes() -> None:
         with model.trace() as tracer:
@@ -221,8 +214,7 @@ def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
 @scenario("lm_generate", f"SmolLM2: greedy generation of {NEW_TOKENS} tokens saving the logits of every step")
 def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
     """`model.generate` saving lm_head's output at every step against plain `generate`."""
-    model = language_model(lib, model_path)
-    hf, tokens = plain(model)
+    model, hf, tokens = language_model(lib, model_path)
     options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": model.tokenizer.pad_token_id}
 
     def generate() -> None:
@@ -245,8 +237,7 @@ def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
 @scenario("lm_shape", "SmolLM2: the first `.shape` in a trace (a new input length every repetition)")
 def lm_shape(lib: Any, settings: Settings, model_path: str) -> Figures:
     """First .shape, forwards: (trace with `layers[0].output.shape` − the trace without) / the plain forward."""
-    model = language_model(lib, model_path)
-    hf, tokens = plain(model)
+    model, hf, tokens = language_model(lib, model_path)
     prompts = {name: itertools.cycle(SHAPE_PROMPTS) for name in ("forward", "trace", "trace, .shape")}
 
     def save() -> None:
