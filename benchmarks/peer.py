@@ -1,15 +1,12 @@
-"""The peer library (nnsight by default), measured in its own interpreter: the runner here and the worker there.
+"""The peer column: the same scenario code run by the peer library (nnsight) in its own interpreter.
 
-`run.py --peer PYTHON` sets PEER; each SmolLM2 scenario then calls run_peer, which starts this file as
-
-    PYTHON peer.py --worker lm_save_one --library nnsight --model DIR --reps 40 --warmup 3 --out F.json
-
-The worker imports torch, transformers, harness.py, the scenario specs and the library under test, never
-nnglass, and writes its timings as JSON for lm_tables.py to put beside nnglass's.
+`run_peer` starts this file there as a worker, which imports torch, harness, scenarios and the library
+under test, never nnglass, runs one scenario and writes its figures and versions as JSON.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -17,108 +14,67 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from harness import Settings
-from lm_measure import measure_case, quiet_transformers, reason
-from lm_specs import SPECS
+__all__ = ["run_peer"]
 
-PEER_TIMEOUT_S = 900
+TIMEOUT_S = 900
 
 
-@dataclass(frozen=True)
-class Peer:
-    """The peer library's interpreter (a separate virtualenv) and module name."""
-
-    python: str
-    library: str = "nnsight"
-
-
-PEER: Peer | None = None  # set by run.py --peer
-
-
-def run_peer(name: str, settings: Settings, model_path: str) -> dict[str, Any] | None:
-    """Scenario `name` measured by the peer library in a subprocess: its JSON, {"error": why}, None without a peer."""
-    if PEER is None:
-        return None
+def run_peer(python: str, name: str, settings: Any, model_path: str, library: str = "nnsight") -> dict[str, Any]:
+    """Scenario `name` measured by library in interpreter python: {"figures": ...} and versions, or {"error": why}."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "peer.json"
+        command = [python, str(Path(__file__).resolve()), "--worker", name, "--library", library, "--model",
+                   model_path, "--settings", json.dumps(dataclasses.asdict(settings)), "--out", str(out)]
         try:
-            done = subprocess.run(_command(PEER, name, settings, model_path, out), capture_output=True, text=True,
-                                  timeout=PEER_TIMEOUT_S, env=_environment())
-        except subprocess.TimeoutExpired:
-            why = f"timed out after {PEER_TIMEOUT_S} s"
-        except OSError as exc:
-            why = reason(exc)
-        else:
-            if out.exists():
-                return json.loads(out.read_text())
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            why = lines[-1][:200] if lines else f"worker exited with status {done.returncode}"
-    return {"library": PEER.library, "error": why}
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=environment())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"library": library, "error": reason(exc)}
+        if out.exists():
+            return json.loads(out.read_text())
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return {"library": library, "error": lines[-1][:200] if lines else f"worker exited with {done.returncode}"}
 
 
-def _command(peer: Peer, name: str, settings: Settings, model_path: str, out: Path) -> list[str]:
-    """The worker's command line: the peer's interpreter running this file."""
-    return [peer.python, str(Path(__file__).resolve()), "--worker", name, "--library", peer.library,
-            "--model", model_path, "--reps", str(settings.reps), "--warmup", str(settings.warmup), "--out", str(out)]
-
-
-def _environment() -> dict[str, str]:
-    """This process's environment without PYTHONPATH, offline, with quiet tokenizers."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def environment() -> dict[str, str]:
+    """This process's environment without PYTHONPATH (the peer must not see nnglass), offline, quiet tokenizers."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return env
 
 
-def peer_note(result: dict[str, Any], p: str) -> str:
-    """The table note on how and with which versions the peer library ran."""
-    import transformers
-    same = result.get("torch") == torch.__version__ and result.get("transformers") == transformers.__version__
-    return (f"{p} {result.get('version', '?')} (torch {result.get('torch', '?')}, transformers "
-            f"{result.get('transformers', '?')}, {result.get('threads', '?')} thread"
-            f"{'; the same versions as nnglass' if same else '; VERSIONS DIFFER from nnglass'}) ran in its own "
-            "interpreter (.venv-peer) as a subprocess right after nnglass's block of this scenario: the two "
-            "libraries alternate in blocks, one scenario each. Each library's overheads are paired against its own "
-            "plain variants, interleaved in the same process, so drift of the machine's load between the blocks "
-            f"does not enter them. {p} loads the same local checkpoint with `LanguageModel(path, dispatch=True)`.")
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    """The worker's command-line options."""
-    parser = argparse.ArgumentParser(description="measure one SmolLM2 scenario with a given library")
-    parser.add_argument("--worker", required=True, choices=sorted(SPECS))
-    parser.add_argument("--library", default="nnsight")
-    parser.add_argument("--model", required=True, help="local transformers checkpoint directory")
-    parser.add_argument("--reps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    return parser.parse_args(argv)
+def reason(exc: BaseException) -> str:
+    """A one-line cause for a results table."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def worker(argv: list[str]) -> int:
-    """The peer side: load the library's LanguageModel from a local directory, measure, write JSON."""
-    args = _parse(argv)
-    torch.set_num_threads(1)
-    torch.set_grad_enabled(False)
-    warnings.simplefilter("ignore")
+    """The peer side: import the library, run one scenario, write its figures and versions as JSON."""
+    parser = argparse.ArgumentParser(description="measure one scenario with a given library")
+    for option in ("--worker", "--library", "--model", "--settings", "--out"):
+        parser.add_argument(option, required=True)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import harness
+    import scenarios
+    import torch
     import transformers
+    harness.setup()
+    warnings.simplefilter("ignore")
     result: dict[str, Any] = {"library": args.library, "torch": torch.__version__,
-                              "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+                              "transformers": transformers.__version__}
     try:
-        quiet_transformers()
         lib = importlib.import_module(args.library)
         result["version"] = getattr(lib, "__version__", "unknown")
-        model = lib.LanguageModel(args.model, dispatch=True)
-    except Exception as exc:  # noqa: BLE001
+        settings = harness.Settings(**json.loads(args.settings))
+        result["figures"] = scenarios.SCENARIOS[args.worker][1](lib, settings, args.model)
+    except Exception as exc:  # noqa: BLE001 - a library that cannot run a scenario gets "failed" in its column
         result["error"] = reason(exc)
-    else:
-        result.update(measure_case(args.worker, lib, model, Settings(args.reps, args.warmup)))
-    result["imported nnglass"] = "nnglass" in sys.modules
-    args.out.write_text(json.dumps(result))
+    result["imported nnglass"] = "nnglass" in sys.modules and args.library != "nnglass"
+    Path(args.out).write_text(json.dumps(result))
     return 0
 
 

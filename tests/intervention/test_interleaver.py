@@ -1,4 +1,4 @@
-"""Invokes, call indices, causality, hooks and memory: each checked against the eager model."""
+"""Invokes, call indices, causality and memory: each checked against the eager model (hook rules: test_performance_rules.py)."""
 import gc
 import threading
 import warnings
@@ -122,33 +122,6 @@ def test_edit_needing_a_later_value_names_both_lines(three):
     message = str(info.value)
     assert "later = model[2].output.sum()" in message
     assert "model[0].output[:] = later" in message
-
-
-def test_hooks_only_on_referenced_modules_and_removed(three):
-    model = NNsight(three)
-    seen = []
-    original = torch.nn.Module.register_forward_hook
-
-    def spy(module, hook, **kwargs):
-        seen.append(module)
-        return original(module, hook, **kwargs)
-
-    torch.nn.Module.register_forward_hook = spy
-    try:
-        with model.trace(torch.rand(1, 5)):
-            model[2].output.save()
-    finally:
-        torch.nn.Module.register_forward_hook = original
-    assert seen == [three[2]]
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in three.modules())
-
-
-def test_hooks_removed_when_trace_raises(three):
-    model = NNsight(three)
-    with pytest.raises(RuntimeError):
-        with model.trace(torch.rand(1, 5)):
-            model[0].output.reshape(7, 7).save()
-    assert all(not m._forward_hooks for m in three.modules())
 
 
 def _live_tensors() -> int:
