@@ -77,6 +77,7 @@ class Interleaver(Interpreter):
         self.handles: list[Any] = []
         self.closures: dict[Node, list[Node]] = {}
         self.given: set[Node] = set()
+        self.invokes: list[Node] = []
         self.backward_pass: int | None = None  # index of the backward node now running
         self.busy = False             # the graph itself is calling a module: hooks stand aside
 
@@ -85,12 +86,11 @@ class Interleaver(Interpreter):
         """Index events and edits, queue what waits for nothing, run what needs no model value."""
         self.index()
         self.start()
-        self.pin_repeating()
         self.drain()
 
     def invoke_inputs(self) -> list[tuple[tuple, dict]]:
         """Each invoke's (args, kwargs), in invoke order; they must not need a value of this forward."""
-        invokes = sorted((n for n in self.graph.nodes if n.op == "invoke"), key=lambda n: n.target)
+        invokes = self.invokes  # in definition order, which is invoke order
         missing = [n for n in invokes if n not in self.env]
         if missing:
             raise TraceError(f"The input of an invoke needs a value that exists only once the model runs: "
@@ -124,8 +124,13 @@ class Interleaver(Interpreter):
                 if node.target not in self.modules:
                     raise TraceError(f"The model has no module '{node.target}' ({describe_line(node.where)}).")
                 self.events.setdefault((node.target, op), []).append(node)
+                if node.args[0] == ALL_CALLS:
+                    self.pin(node)
             elif op == "invoke":
                 self.keep.add(node)
+                self.invokes.append(node)
+            elif op == "grad":
+                self.pin(node)
             elif _is_edit(node):
                 anchor = _anchor(node.args[0])
                 if anchor is not None:
@@ -193,15 +198,13 @@ class Interleaver(Interpreter):
         self.given.add(node)
         self.complete(node, value)
 
-    def pin_repeating(self) -> None:
-        """Values that repeating events need on every call must outlive their first use."""
-        for node in self.graph.nodes:
-            if node.op in EVENTS and node.args[0] == ALL_CALLS or node.op == "grad":
-                closure = _downstream(node)
-                self.closures[node] = closure
-                inside = set(closure) | {node}
-                for user in closure:
-                    self.keep.update(dep for dep in user.deps if dep not in inside)
+    def pin(self, node: Node) -> None:
+        """A repeating event (`.all()`, a gradient): what depends on it re-runs, so its inputs must stay."""
+        closure = _downstream(node)
+        self.closures[node] = closure
+        inside = set(closure) | {node}
+        for user in closure:
+            self.keep.update(dep for dep in user.deps if dep not in inside)
 
     def check_edits(self, event: Node) -> None:
         for edit in self.edits.get(event, ()):
