@@ -63,7 +63,7 @@ class Trace(Tracer):
 
     def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
                  scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
-                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None,
+                 run: bool = True, method: str = "forward", call_kwargs: dict | None = None,
                  backend: Backend | None = None) -> None:
         super().__init__()
         self.model = model
@@ -171,7 +171,7 @@ class Trace(Tracer):
     @property
     def result(self) -> Proxy:
         """The output of the run: the model's output (for `generate`: the generated ids)."""
-        return self.event("generator" if self.method == "_generate" else "", "output")
+        return self.event("generator" if self.method == "generate" else "", "output")
 
     def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Proxy:
         """Add a call of any function to the graph."""

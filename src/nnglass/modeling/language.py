@@ -98,7 +98,7 @@ class LanguageModel(NNsight):
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(prompt):` one forward pass; keywords other than tokenizer ones go to the model."""
-        return self._run("_execute", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+        return self._run("forward", inputs, kwargs, trace=trace, scan=scan, validate=validate,
                          invoker_args=invoker_args, remote=remote)
 
     def generate(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
@@ -108,12 +108,12 @@ class LanguageModel(NNsight):
         Keywords other than tokenizer ones (`max_new_tokens`, `do_sample`, `max_length`, ...) go to the
         model's `generate`; give tokenizer keywords such as `max_length` through `invoker_args`.
         """
-        return self._run("_generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+        return self._run("generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
                          invoker_args=invoker_args, remote=remote)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> Trace:
         """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
-        invoke_kwargs, call_kwargs = _split(kwargs, "_execute")
+        invoke_kwargs, call_kwargs = _split(kwargs, "forward")
         return Trace(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
 
     def edit(self, inplace: bool = False) -> Any:
@@ -131,7 +131,7 @@ class LanguageModel(NNsight):
         if trace:
             return tracer
         with tracer:
-            output = (self.generator if method == "_generate" else self).output.save()
+            output = (self.generator if method == "generate" else self).output.save()
         return output.value
 
     # -- what NNsight leaves to subclasses ----------------------------------------------------------------
@@ -159,7 +159,7 @@ class LanguageModel(NNsight):
 
     def _batch_factors(self, method: str, call_kwargs: dict) -> frozenset[int]:
         """Row copies `generate` makes: beams and return sequences (each row's copies sit together)."""
-        if method != "_generate":
+        if method != "generate":
             return frozenset({1})
         config = getattr(self._model, "generation_config", None)
         beams = call_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
@@ -201,7 +201,7 @@ class LanguageModel(NNsight):
 def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
     """Keywords of the inputs (tokenizer, input_ids, attention_mask) and keywords of the model call."""
     for_inputs = set(tokens.TOKENIZER_KEYS) | set(tokens.INPUT_KEYS)
-    if method == "_generate":
+    if method == "generate":
         for_inputs.discard("max_length")  # a generation length when given to generate
     invoke = {k: v for k, v in kwargs.items() if k in for_inputs}
     call = {k: v for k, v in kwargs.items() if k not in for_inputs}

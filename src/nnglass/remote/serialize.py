@@ -17,7 +17,7 @@ _MODULE_OPS = ("output", "inputs", "call_module")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
               "backward", "log", "cond", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
 _KINDS = ("trace", "session", "loop")
-_METHODS = ("_execute", "_generate")
+_METHODS = ("forward", "generate")
 
 
 # -- client side: a trace or session -> request -----------------------------------------------------
@@ -134,7 +134,7 @@ class Job:
             return {"model": self.models(meta["model"])}
         if graph.kind != "trace":
             return {}
-        method = meta.get("method", "_execute")
+        method = meta.get("method", "forward")
         if method not in _METHODS:
             raise WireError(f"unknown run method {method!r:.40}")
         model = self.models(remote_name(meta.get("model")))
