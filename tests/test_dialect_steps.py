@@ -1,0 +1,162 @@
+"""nnsight 0.5+'s generation steps, invokes and barriers, written as its docs write them, against hand hooks."""
+import pytest
+import torch
+
+import nnglass as nnsight
+from nnglass import LanguageModel
+from tests.conftest import tiny_llama
+
+PROMPT = "The Eiffel Tower is in the city of"
+LAYERS = 2
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tok(smol_tokenizer):
+    return smol_tokenizer
+
+
+@pytest.fixture(scope="module")
+def hf(tok):
+    return tiny_llama(tok, LAYERS)
+
+
+@pytest.fixture(scope="module")
+def model(hf, tok):
+    return LanguageModel(hf, tokenizer=tok)
+
+
+def generate(hf, tok, prompts=PROMPT, edit=None, steps=STEPS, **kwargs):
+    """Generated ids and the last layer's output per step; edit(step, hidden) -> hidden, as a forward hook."""
+    seen, calls = [], []
+
+    def hook(module, args, out):
+        step = len(calls)
+        calls.append(step)
+        if edit is not None:
+            out = edit(step, out)
+        seen.append(out)
+        return out
+    handle = hf.model.layers[-1].register_forward_hook(hook)
+    try:
+        batch = tok(prompts, return_tensors="pt", padding=True)
+        ids = hf.generate(**batch, max_new_tokens=steps, do_sample=False, pad_token_id=tok.pad_token_id, **kwargs)
+    finally:
+        handle.remove()
+    return ids, seen
+
+
+def zero_at(chosen):
+    return lambda step, out: out * 0 if step in chosen else out
+
+
+def test_iter_all_steps_collects_each_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        hidden_states = nnsight.save([])
+        for step in tracer.iter[:]:
+            hidden_states.append(model.model.layers[-1].output)
+    _, seen = generate(hf, tok)
+    assert len(hidden_states) == STEPS
+    for got, expected in zip(hidden_states, seen):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("which, chosen", [(slice(1, 3), {1, 2}), ([0, 2], {0, 2}), (1, {1})])
+def test_iter_slices_and_lists_edit_only_those_steps(model, hf, tok, which, chosen):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        for step in tracer.iter[which]:
+            model.model.layers[-1].output[:] = 0
+        output = tracer.result.save()
+    expected, _ = generate(hf, tok, edit=zero_at(chosen))
+    assert torch.equal(output, expected)
+
+
+def test_condition_per_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        for step in tracer.iter[:]:
+            if step == 1:
+                model.model.layers[-1].output[:] = 0
+        output = tracer.result.save()
+    assert torch.equal(output, generate(hf, tok, edit=zero_at({1}))[0])
+
+
+def test_all_applies_at_every_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        with tracer.all():
+            model.model.layers[-1].output[:] = 0
+        output = tracer.result.save()
+    assert torch.equal(output, generate(hf, tok, edit=zero_at(range(STEPS)))[0])
+
+
+def test_tracer_next_moves_every_module_to_the_next_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        first = model.model.layers[-1].output.save()
+        tracer.next()
+        second = model.model.layers[-1].output.save()
+        model.model.layers[-1].next().output[:] = 0
+    ids, seen = generate(hf, tok, edit=zero_at({2}))
+    torch.testing.assert_close(first, seen[0])
+    torch.testing.assert_close(second, seen[1])
+
+
+def test_unbounded_loop_ends_when_generation_ends_and_code_after_runs(model, hf, tok):
+    ids, _ = generate(hf, tok, steps=STEPS)
+    stop = int(ids[0, -2])  # the token generated at the second step ends generation there
+    with model.generate(PROMPT, max_new_tokens=STEPS, eos_token_id=stop) as tracer:
+        logits = nnsight.save([])
+        for step in tracer.iter[:]:
+            logits.append(model.lm_head.output)
+        after = model.lm_head.output.argmax(dim=-1).save()
+        output = tracer.result.save()
+    expected, _ = generate(hf, tok, steps=STEPS, eos_token_id=stop)
+    assert torch.equal(output, expected) and expected.shape[1] == ids.shape[1] - 1
+    assert len(logits) == 2
+    assert torch.equal(after, logits[0].argmax(dim=-1))
+
+
+def test_result_is_the_model_output(model, hf, tok):
+    with model.trace(PROMPT) as tracer:
+        result = tracer.result.save()
+    torch.testing.assert_close(result.logits, hf(**tok(PROMPT, return_tensors="pt")).logits)
+
+
+def test_empty_invoke_sees_the_whole_batch(model, hf, tok):
+    prompts = ["Hello world", PROMPT]
+    with model.trace() as tracer:
+        with tracer.invoke(prompts[0]):
+            first = model.lm_head.output.save()
+        with tracer.invoke(prompts[1]):
+            model.model.layers[0].output[:] *= 2
+        with tracer.invoke():
+            everything = model.lm_head.output.save()
+    assert first.shape[0] == 1 and everything.shape[0] == 2
+    torch.testing.assert_close(everything[:1], first)
+
+
+def test_barrier_lets_a_value_cross_invokes(model, hf, tok):
+    with model.trace() as tracer:
+        barrier = tracer.barrier(2)
+        with tracer.invoke(PROMPT):
+            embeddings = model.model.embed_tokens.output
+            barrier()
+        with tracer.invoke(PROMPT):
+            barrier()
+            model.model.embed_tokens.output = embeddings * 0
+            logits = model.lm_head.output.save()
+    handle = hf.model.embed_tokens.register_forward_hook(lambda m, a, out: out * 0)
+    try:
+        expected = hf(**tok(PROMPT, return_tensors="pt")).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(logits, expected)
+
+
+def test_envoy_iter_addresses_one_module_per_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS):
+        hidden_states = nnsight.save([])
+        for step in model.model.layers[-1].iter[0:2]:
+            hidden_states.append(model.model.layers[-1].output)
+    _, seen = generate(hf, tok)
+    assert len(hidden_states) == 2
+    for got, expected in zip(hidden_states, seen):
+        torch.testing.assert_close(got, expected)
