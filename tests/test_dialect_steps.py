@@ -160,3 +160,42 @@ def test_envoy_iter_addresses_one_module_per_step(model, hf, tok):
     assert len(hidden_states) == 2
     for got, expected in zip(hidden_states, seen):
         torch.testing.assert_close(got, expected)
+
+
+def test_skip_a_layer_its_input_stands_for_its_output(model, hf, tok):
+    ran = []
+    handle = hf.model.layers[1].mlp.register_forward_hook(lambda m, a, out: ran.append(1))
+    try:
+        with model.trace(PROMPT):
+            model.model.layers[1].skip(model.model.layers[0].output)
+            logits = model.lm_head.output.save()
+    finally:
+        handle.remove()
+    assert ran == []  # the skipped layer did not run, so neither did its MLP
+    hooks = [hf.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(out)),
+             hf.model.layers[1].register_forward_hook(lambda m, a, out: seen[0])]
+    seen = []
+    try:
+        expected = hf(**tok(PROMPT, return_tensors="pt")).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(logits, expected)
+    assert "forward" not in hf.model.layers[1].__dict__
+
+
+def test_skip_in_one_invoke_only(tiny, net, x):
+    with tiny.trace() as tracer:
+        with tracer.invoke(x):
+            tiny.layer2.skip(torch.zeros(1, 2))
+            skipped = tiny.output.save()
+        with tracer.invoke(x):
+            kept = tiny.output.save()
+    torch.testing.assert_close(skipped, torch.zeros(1, 2))
+    torch.testing.assert_close(kept, net(x))
+
+
+def test_skip_whose_value_comes_later_is_refused(tiny, x):
+    with pytest.raises(nnsight.CausalityError, match="This skip cannot be applied"):
+        with tiny.trace(x):
+            tiny.layer1.skip(tiny.layer2.output)

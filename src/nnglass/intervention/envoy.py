@@ -129,6 +129,10 @@ class Envoy:
     def input(self, value: Any) -> None:
         _tracer().set_event(self._path, "input", value)
 
+    def skip(self, value: Any) -> None:
+        """The module does not run (at the addressed call); value stands for its output."""
+        _tracer().skip(self._path, value)
+
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""
         _tracer().next_call(self._path, step)

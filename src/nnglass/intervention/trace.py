@@ -283,6 +283,10 @@ class Trace(Tracer):
         self.events[(path, kind, call, self.current_invoke)] = latest
         self.events.pop((path, "input", call, self.current_invoke), None)
 
+    def skip(self, path: str, value: Any) -> None:
+        """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""
+        self.create("skip", path, (self.call_of(path), value))
+
     def call_of(self, path: str) -> int:
         """The call of a module that `.output` addresses now (its own `.next()`, else the trace's step)."""
         return self.calls.get((path, self.current_invoke), self.first_call if self.step is None else self.step)
