@@ -199,3 +199,46 @@ def test_skip_whose_value_comes_later_is_refused(tiny, x):
     with pytest.raises(nnsight.CausalityError, match="This skip cannot be applied"):
         with tiny.trace(x):
             tiny.layer1.skip(tiny.layer2.output)
+
+
+# -- tracer.cache as in nnsight 0.5+ ------------------------------------------------------------------------
+def test_cache_is_saved_and_keyed_by_module_path_with_aliases(hf, tok):
+    model = LanguageModel(hf, tokenizer=tok, rename={"model.layers": "layers"})
+    with model.trace(PROMPT) as tracer:
+        cache = tracer.cache(modules=[model.layers[0], "lm_head"], include_inputs=True)
+    expected = {}
+    hooks = [hf.model.layers[0].register_forward_hook(lambda m, a, out: expected.update(out=out, into=a[0])),
+             hf.lm_head.register_forward_hook(lambda m, a, out: expected.update(logits=out))]
+    try:
+        hf(**tok(PROMPT, return_tensors="pt"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert set(cache.keys()) == {"model.layers.0", "lm_head"}
+    for key in ("model.layers.0", "layers.0", "model.model.layers.0"):
+        torch.testing.assert_close(cache[key].output, expected["out"])
+    torch.testing.assert_close(cache.layers[0].output, expected["out"])
+    torch.testing.assert_close(cache.model.model.layers[0].input, expected["into"])
+    torch.testing.assert_close(cache["model.lm_head"].output, expected["logits"])
+
+
+def test_cache_options_detach_dtype_device(tiny, net, x):
+    x = x.clone().requires_grad_(True)
+    with tiny.trace(x) as tracer:
+        detached = tracer.cache(modules=[tiny.layer1], dtype=torch.float16, device="cpu")
+    with tiny.trace(x) as tracer:
+        attached = tracer.cache(modules=[tiny.layer1], detach=False)
+    entry = detached["layer1"].output
+    assert entry.dtype == torch.float16 and not entry.requires_grad and entry.device.type == "cpu"
+    torch.testing.assert_close(entry, net.layer1(x).detach().half())
+    assert attached["layer1"].output.requires_grad  # x needs a gradient, so layer1's output has one
+
+
+def test_cache_in_generate_holds_one_entry_per_step(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        cache = tracer.cache(modules=[model.model.layers[-1]])
+    _, seen = generate(hf, tok)
+    steps = cache["model.layers.1"].output
+    assert len(steps) == STEPS
+    for got, expected in zip(steps, seen):
+        torch.testing.assert_close(got, expected)

@@ -12,7 +12,7 @@ from ..tracing.proxy import Proxy
 from ..tracing.tracer import Tracer
 from ..tracing.walk import leaves, map_leaves
 from .backend import Backend, LocalBackend
-from .cache import Cache, put
+from .cache import Cache, aliases_of, put
 from .fake import Fake
 from .interleaver import ALL_CALLS
 
@@ -236,16 +236,23 @@ class Trace(Tracer):
         """`with tracer.cond(c):` runs the nodes made inside only if c holds."""
         return Condition(self, condition)
 
-    def cache(self, modules: Any = None, include_inputs: bool = False) -> Proxy:
-        """A dict of module outputs (and inputs), keyed by original module path, filled as they run."""
+    def cache(self, modules: Any = None, include_inputs: bool = False, include_output: bool = True,
+              device: Any = "cpu", dtype: Any = None, detach: bool = True) -> Proxy:
+        """A dict of module outputs (and inputs), keyed by original module path, filled as they run (saved).
+
+        Values are detached, as `dtype`, on `device`; in `generate` each entry holds a list, one value per step.
+        """
         envoys = self.model._envoys() if modules is None else modules
-        paths = [envoy if isinstance(envoy, str) else envoy._path for envoy in envoys]
-        store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path),))
-        for path in paths:
-            self.create("call_function", put, (store, path, "output", self.event(path, "output")))
-            if include_inputs:
-                self.create("call_function", put, (store, path, "inputs", self.event(path, "inputs")))
-        return store
+        paths = [self.model.get(e)._path if isinstance(e, str) else e._path for e in envoys]
+        stepped = self.method == "_generate"
+        store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path), aliases_of(self.model),
+                                                    None if device is None else str(device), dtype, detach, stepped))
+        kinds = ("output",) * include_output + ("inputs",) * include_inputs
+        with self.at_step(ALL_CALLS) if stepped else contextlib.nullcontext():
+            for path in paths:
+                for kind in kinds:
+                    self.create("call_function", put, (store, path, kind, self.event(path, kind)))
+        return store.save()
 
     @property
     def result(self) -> Proxy:
