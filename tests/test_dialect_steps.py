@@ -242,3 +242,53 @@ def test_cache_in_generate_holds_one_entry_per_step(model, hf, tok):
     assert len(steps) == STEPS
     for got, expected in zip(steps, seen):
         torch.testing.assert_close(got, expected)
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def embeds_of(hf, tok, prompt=PROMPT):
+    return hf.model.embed_tokens(tok(prompt, return_tensors="pt").input_ids).detach()
+
+
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_inputs_embeds_with_and_without_a_mask(model, hf, tok, remote):
+    embeds = embeds_of(hf, tok)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    with model.trace(inputs_embeds=embeds, remote=remote):
+        plain = model.lm_head.output.save()
+    with model.trace(inputs_embeds=embeds, attention_mask=mask, remote=remote):
+        masked = model.lm_head.output.save()
+    expected = hf(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(plain, expected)
+    torch.testing.assert_close(masked, expected)
+
+
+def test_inputs_embeds_in_invokes_are_left_padded(model, hf, tok):
+    short, long = embeds_of(hf, tok, "Hello"), embeds_of(hf, tok)
+    with model.trace() as tracer:
+        with tracer.invoke(inputs_embeds=short):
+            first = model.lm_head.output[:, -1].save()
+        with tracer.invoke(inputs_embeds=long):
+            second = model.lm_head.output[:, -1].save()
+    torch.testing.assert_close(first, hf(inputs_embeds=short).logits[:, -1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(second, hf(inputs_embeds=long).logits[:, -1], atol=1e-5, rtol=1e-4)
+
+
+def test_generate_from_inputs_embeds(model, hf, tok):
+    embeds = embeds_of(hf, tok)
+    with model.generate(inputs_embeds=embeds, max_new_tokens=STEPS) as tracer:
+        output = tracer.result.save()
+    expected = hf.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                           max_new_tokens=STEPS, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(output, expected)
+
+
+def test_chat_messages_use_the_chat_template(model, hf, tok):
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Where is the Eiffel Tower?"}]
+    with model.trace(messages):
+        logits = model.lm_head.output.save()
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    torch.testing.assert_close(logits, hf(**tok(text, return_tensors="pt")).logits)
+    with model.trace([messages, messages[1:]]):
+        both = model.lm_head.output[:, -1].save()
+    torch.testing.assert_close(both[0], logits[0, -1])
