@@ -71,8 +71,9 @@ def test_iter_slices_and_lists_edit_only_those_steps(model, hf, tok, which, chos
     assert torch.equal(output, expected)
 
 
-def test_condition_per_step(model, hf, tok):
-    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_condition_per_step(model, hf, tok, remote):
+    with model.generate(PROMPT, max_new_tokens=STEPS, remote=remote) as tracer:
         for step in tracer.iter[:]:
             if step == 1:
                 model.model.layers[-1].output[:] = 0
@@ -80,8 +81,9 @@ def test_condition_per_step(model, hf, tok):
     assert torch.equal(output, generate(hf, tok, edit=zero_at({1}))[0])
 
 
-def test_all_applies_at_every_step(model, hf, tok):
-    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_all_applies_at_every_step(model, hf, tok, remote):
+    with model.generate(PROMPT, max_new_tokens=STEPS, remote=remote) as tracer:
         with tracer.all():
             model.model.layers[-1].output[:] = 0
         output = tracer.result.save()
@@ -234,8 +236,9 @@ def test_cache_options_detach_dtype_device(tiny, net, x):
     assert attached["layer1"].output.requires_grad  # x needs a gradient, so layer1's output has one
 
 
-def test_cache_in_generate_holds_one_entry_per_step(model, hf, tok):
-    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_cache_in_generate_holds_one_entry_per_step(model, hf, tok, remote):
+    with model.generate(PROMPT, max_new_tokens=STEPS, remote=remote) as tracer:
         cache = tracer.cache(modules=[model.model.layers[-1]])
     _, seen = generate(hf, tok)
     steps = cache["model.layers.1"].output

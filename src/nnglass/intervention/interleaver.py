@@ -127,7 +127,7 @@ class Interleaver(Interpreter):
                 self.events.setdefault((node.target, op), []).append(node)
             elif op == "invoke":
                 self.keep.add(node)
-            elif op == "skip":
+            elif op == "skip_module":
                 self.keep.add(node)
                 self.skips.setdefault(node.target, []).append(node)
             elif _is_edit(node):
@@ -307,7 +307,7 @@ class Interleaver(Interpreter):
                 value = (args, {**kwargs, name: value})
         self.swaps[event] = value
 
-    def skip(self, node: Node, call: int, value: Any) -> Any:
+    def skip_module(self, node: Node, call: int, value: Any) -> Any:
         return value
 
     def current(self, node: Node, value: Any, *_: Any) -> Any:

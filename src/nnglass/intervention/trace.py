@@ -292,7 +292,7 @@ class Trace(Tracer):
 
     def skip(self, path: str, value: Any) -> None:
         """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""
-        self.create("skip", path, (self.call_of(path), value))
+        self.create("skip_module", path, (self.call_of(path), value))
 
     def call_of(self, path: str) -> int:
         """The call of a module that `.output` addresses now (its own `.next()`, else the trace's step)."""
