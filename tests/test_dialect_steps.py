@@ -295,3 +295,13 @@ def test_chat_messages_use_the_chat_template(model, hf, tok):
     with model.trace([messages, messages[1:]]):
         both = model.lm_head.output[:, -1].save()
     torch.testing.assert_close(both[0], logits[0, -1])
+
+
+@pytest.mark.parametrize("scale", [1.0, -1.0])
+def test_skip_under_a_condition(tiny, net, x, scale):
+    with tiny.trace(x * scale):
+        if tiny.layer1.output.sum() > 0:
+            tiny.layer2.skip(torch.zeros(1, 2))
+        out = tiny.output.save()
+    hidden = net.layer1(x * scale)
+    torch.testing.assert_close(out, torch.zeros(1, 2) if hidden.sum() > 0 else net.layer2(hidden))

@@ -153,7 +153,7 @@ class Interleaver(Interpreter):
         def wrap(forward: Callable[..., Any]) -> Callable[..., Any]:
             def run(*args: Any, **kwargs: Any) -> Any:
                 call, calls[0] = calls[0], calls[0] + 1
-                nodes = [n for n in self.skips[path] if n.args[0] in (call, ALL_CALLS)]
+                nodes = [n for n in self.skips[path] if n.args[0] in (call, ALL_CALLS) and n not in self.skipped]
                 if self.busy or not nodes or threading.get_ident() != self.thread:
                     return forward(*args, **kwargs)
                 return self.skipped_output(nodes, forward, args, kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+import torch
+
 from ..tracing.contexts import Condition
 from ..tracing.errors import TraceError
 from ..tracing.graph import Graph
@@ -69,8 +71,8 @@ class Barrier:
 class Steps:
     """`tracer.iter[...]`: the generation steps a plain Python loop runs its body for, while recording.
 
-    An open end (`[:]`, `[2:]`) stops at the most steps the run may take: a step the run never reaches
-    (generation ended early) leaves its values unset, and the code after the loop runs as usual.
+    An open end (`[:]`, `[2:]`) stops at the most steps the run may take: the values of a step the run
+    never reaches (generation ended early) drop out of saved lists, and the code after the loop runs.
     """
 
     def __init__(self, trace: Trace, path: str | None = None) -> None:
@@ -90,7 +92,6 @@ class Steps:
                 yield index
             if open_end and count:
                 self.trace.open_steps.append(range(start, len(graph.nodes)))
-
 
 
 class Trace(Tracer):
@@ -237,7 +238,8 @@ class Trace(Tracer):
         return Condition(self, condition)
 
     def cache(self, modules: Any = None, include_inputs: bool = False, include_output: bool = True,
-              device: Any = "cpu", dtype: Any = None, detach: bool = True) -> Proxy:
+              device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None,
+              detach: bool = True) -> Proxy:
         """A dict of module outputs (and inputs), keyed by original module path, filled as they run (saved).
 
         Values are detached, as `dtype`, on `device`; in `generate` each entry holds a list, one value per step.
