@@ -8,6 +8,7 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
+from .trace import Steps
 
 __all__ = ["Envoy"]
 
@@ -128,10 +129,19 @@ class Envoy:
     def input(self, value: Any) -> None:
         _tracer().set_event(self._path, "input", value)
 
+    def skip(self, value: Any) -> None:
+        """The module does not run (at the addressed call); value stands for its output."""
+        _tracer().skip(self._path, value)
+
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""
         _tracer().next_call(self._path, step)
         return self
+
+    @property
+    def iter(self) -> Any:
+        """`for step in envoy.iter[0:2]:` the body addresses this module's call at each step."""
+        return Steps(_tracer(), self._path)
 
     def all(self) -> Envoy:
         """Address every call of the module: what depends on it runs once per call."""
