@@ -23,6 +23,7 @@ class Invoker:
 
     def __init__(self, trace: Trace, inputs: tuple, kwargs: dict) -> None:
         self.trace = trace
+        self.scan = kwargs.pop("scan", False)  # the invoke's own option (0.4): scan its input at once
         self.raw = (inputs, kwargs)   # as the user gave them; may hold proxies
         self.index: int | None = None
         self._prepared: tuple | None = None
@@ -45,6 +46,7 @@ class Invoker:
             self.index = len(trace.invokers)
             trace.invokers.append(self)
             trace.create("invoke", self.index, self.raw, guarded=False)
+        trace.scanning = trace.scanning or self.scan
         self._scope = trace.scope(current_invoke=self.index)
         self._scope.__enter__()
         if trace.scanning:
@@ -88,6 +90,7 @@ class Trace(Tracer):
 
     def begin(self) -> None:
         self.experiment.owners[self.graph.id] = self
+        self.inherit(self.experiment.owners.get(0))
         if self.validate:
             self.checker = lambda node: self.fake().value(node)
         for edit in getattr(self.model, "_edits", ()) if self.runs else ():
@@ -104,6 +107,12 @@ class Trace(Tracer):
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
         if self.parent is None:
             self.backend.run(self)
+
+    def inherit(self, session: Any) -> None:
+        """Take `model.session(scan=..., validate=...)` options from the enclosing session."""
+        if session is not self and getattr(session, "kind", None) == "session":
+            self.validate = self.validate or session.validate
+            self.scanning = self.scanning or session.scan
 
     @property
     def holds_traces(self) -> bool:

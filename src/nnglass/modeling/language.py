@@ -11,7 +11,7 @@ from ..intervention.envoy import Envoy
 from ..intervention.trace import Trace
 from ..tracing.local import suspended
 from . import tokens
-from .base import NNsight, backend_for, batch_slices
+from .base import NNsight, backend_for, batch_slices, library_options
 
 __all__ = ["LanguageModel", "WrapperModule"]
 
@@ -123,6 +123,7 @@ class LanguageModel(NNsight):
 
     def _run(self, method: str, inputs: tuple, kwargs: dict, *, trace: bool, remote: bool, **options: Any) -> Any:
         """A Tracer that runs `method`; with `trace=False` the output at once (generated ids for generate)."""
+        options["invoker_args"] = library_options(kwargs, options["invoker_args"])
         invoke_kwargs, call_kwargs = _split(kwargs, method)
         if not remote:
             self.dispatch()

@@ -154,8 +154,9 @@ class Connection:
 
 
 def _report(message: StatusMessage) -> bool:
-    """Log a status line (print LOG text, raise on ERROR); whether the job has ended."""
-    logger.info(message.line())
+    """Log a status line (if CONFIG.APP.REMOTE_LOGGING; print LOG text, raise on ERROR); whether the job has ended."""
+    if CONFIG.APP.REMOTE_LOGGING:
+        logger.info(message.line())
     if message.status is JobStatus.LOG:
         print(message.description)
     if message.status is JobStatus.ERROR:
