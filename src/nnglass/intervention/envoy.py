@@ -19,6 +19,11 @@ def _tracer() -> Any:
     return tracer
 
 
+def _is_tensor_of(module: torch.nn.Module, name: str) -> bool:
+    """Whether name is one of the module's own parameters or buffers."""
+    return name in module._parameters or name in module._buffers
+
+
 class Envoy:
     """A module's stand-in: children by attribute or index, values through .input/.output."""
 
@@ -41,7 +46,11 @@ class Envoy:
             return state["_children"][name]
         if name in state["_aliases"]:
             return self.get(state["_aliases"][name])
-        return getattr(state["_module"], name)
+        module = state["_module"]
+        tracer = current()
+        if tracer is not None and hasattr(tracer, "parameter") and _is_tensor_of(module, name):
+            return tracer.parameter(self._path, name)
+        return getattr(module, name)
 
     def get(self, path: str) -> Envoy:
         """The envoy at a dotted path below this one (`"transformer.h.0"`); aliases work too."""

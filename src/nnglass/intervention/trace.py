@@ -188,13 +188,20 @@ class Trace(Tracer):
 
     # -- module events (used by Envoy) ----------------------------------------------------------------
     def event(self, path: str, kind: str) -> Proxy:
+        """The latest proxy of a module's `output`, `inputs` or `input`; inside a condition, a read guarded by it."""
+        latest = self.latest(path, kind)
+        if self.guard is None:
+            return latest
+        return Proxy(self.create("current", None, (latest,)), self.experiment)  # skipped when the guard is false
+
+    def latest(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
         call = self.calls.get((path, self.current_invoke), self.first_call)
         key = (path, kind, call, self.current_invoke)
         proxy = self.events.get(key)
         if proxy is None:
             if kind == "input":
-                inputs = self.event(path, "inputs")
+                inputs = self.latest(path, "inputs")
                 proxy = Proxy(self.create("input", None, (inputs,), guarded=False), self.experiment)
             else:
                 proxy = Proxy(self.create(kind, path, (call,), guarded=False), self.experiment)
@@ -209,7 +216,7 @@ class Trace(Tracer):
         if first:
             kind = "inputs"
         call = self.calls.get((path, self.current_invoke), self.first_call)
-        latest = self.swap(self.event(path, kind), value, first)
+        latest = self.swap(self.latest(path, kind), value, first)
         self.events[(path, kind, call, self.current_invoke)] = latest
         self.events.pop((path, "input", call, self.current_invoke), None)
 
@@ -220,6 +227,10 @@ class Trace(Tracer):
 
     def all_calls(self, path: str) -> None:
         self.calls[(path, self.current_invoke)] = ALL_CALLS
+
+    def parameter(self, path: str, name: str) -> Proxy:
+        """A module's parameter or buffer (`model.layer.weight`); in-place edits are undone after the run."""
+        return self.proxy("parameter", path, (name,))
 
     # -- gradients (used by Proxy) --------------------------------------------------------------------
     def grad_of(self, proxy: Proxy) -> Proxy:
