@@ -52,6 +52,15 @@ class Envoy:
             return tracer.parameter(self._path, name)
         return getattr(module, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        module = self.__dict__.get("_module")
+        if module is not None and _is_tensor_of(module, name) and isinstance(value, Proxy):
+            # `model.layer.weight *= 2`: Python assigns the in-place result back; the edit is recorded already
+            if value.node.op == "parameter" or any(getattr(a, "op", None) == "parameter" for a in value.node.args[:1]):
+                return
+            raise TraceError(f"Edit parameters in place (`.{name}[:] = value`); a parameter cannot be replaced.")
+        object.__setattr__(self, name, value)
+
     def get(self, path: str) -> Envoy:
         """The envoy at a dotted path below this one (`"transformer.h.0"`); aliases work too."""
         envoy = self
@@ -143,6 +152,19 @@ class Envoy:
         return self
 
     def all(self) -> Envoy:
-        """Address every call of the module: what depends on it runs once per call."""
+        """Address every call of the module and its children: what depends on them runs once per call.
+
+        As a context manager (`with model.all():`) it applies to every invoke opened inside and ends with it.
+        """
         _tracer().all_calls(self._path)
         return self
+
+    def __enter__(self) -> Envoy:
+        tracer = _tracer()
+        tracer.calls.pop((self._path, tracer.current_invoke), None)  # the scope, not `.all()` itself, says ALL
+        self._scope = tracer.all_scope(self._path)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._scope.__exit__(*exc)

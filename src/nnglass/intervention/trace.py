@@ -1,7 +1,8 @@
 """Trace and Invoker: the `with model.trace(...)` recorder, its batch slices and module events."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from ..tracing.contexts import Condition
 from ..tracing.errors import TraceError
@@ -18,6 +19,14 @@ from .interleaver import ALL_CALLS
 __all__ = ["Trace", "Invoker"]
 
 
+def _enclosing(path: str) -> Iterator[str]:
+    """The path and every module path above it, up to the model ("")."""
+    while path:
+        yield path
+        path = path.rpartition(".")[0]
+    yield ""
+
+
 class Invoker:
     """`with tracer.invoke(input):` — a batch slice; the nodes made inside see only its rows."""
 
@@ -30,7 +39,12 @@ class Invoker:
         self._scope: Any = None
 
     @property
-    def inputs(self) -> tuple[tuple, dict, int]:
+    def inputs(self) -> tuple[tuple, dict]:
+        """This invoke's inputs as nnsight 0.4 shows them: (args, kwargs); a LanguageModel's `((BatchEncoding,), {})`."""
+        return self.trace.model._invoker_inputs(self.prepared)
+
+    @property
+    def prepared(self) -> tuple[tuple, dict, int]:
         """The model args, kwargs and batch size of this invoke."""
         if self._prepared is None:
             if any(isinstance(leaf, Proxy) for leaf in leaves(self.raw)):
@@ -76,6 +90,7 @@ class Trace(Tracer):
         self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
         self.calls: dict[tuple, int] = {}      # (path, invoke) -> call index addressed by .output
         self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward pass) -> latest gradient proxy
+        self.everywhere: list[str] = []        # module paths of open `with envoy.all():` blocks
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -121,9 +136,9 @@ class Trace(Tracer):
     def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
         """The prepared model inputs of one invoke (or of all of them batched)."""
         if invoke is None:
-            args, kwargs, _, _ = self.model._batch([inv.inputs for inv in self.invokers])
+            args, kwargs, _, _ = self.model._batch([inv.prepared for inv in self.invokers])
             return args, kwargs
-        args, kwargs, _ = self.invokers[invoke].inputs
+        args, kwargs, _ = self.invokers[invoke].prepared
         return args, kwargs
 
     def replay(self, edit: Graph) -> None:
@@ -196,7 +211,7 @@ class Trace(Tracer):
 
     def latest(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
-        call = self.calls.get((path, self.current_invoke), self.first_call)
+        call = self.call_of(path)
         key = (path, kind, call, self.current_invoke)
         proxy = self.events.get(key)
         if proxy is None:
@@ -215,18 +230,38 @@ class Trace(Tracer):
         first = kind == "input"
         if first:
             kind = "inputs"
-        call = self.calls.get((path, self.current_invoke), self.first_call)
+        call = self.call_of(path)
         latest = self.swap(self.latest(path, kind), value, first)
         self.events[(path, kind, call, self.current_invoke)] = latest
         self.events.pop((path, "input", call, self.current_invoke), None)
 
     def next_call(self, path: str, step: int) -> None:
-        key = (path, self.current_invoke)
-        call = self.calls.get(key, self.first_call)
-        self.calls[key] = step if call == ALL_CALLS else call + step
+        call = self.call_of(path)
+        self.calls[(path, self.current_invoke)] = step if call == ALL_CALLS else call + step
 
     def all_calls(self, path: str) -> None:
+        """Address every call of the module and of the modules inside it (at the current invoke)."""
         self.calls[(path, self.current_invoke)] = ALL_CALLS
+
+    def call_of(self, path: str) -> int:
+        """The call a module's `.output` addresses: its own, else ALL if it sits under an `.all()`, else the first."""
+        invoke = self.current_invoke
+        call = self.calls.get((path, invoke))
+        if call is not None:
+            return call
+        for outer in _enclosing(path):
+            if outer in self.everywhere or self.calls.get((outer, invoke)) == ALL_CALLS:
+                return ALL_CALLS
+        return self.first_call
+
+    @contextlib.contextmanager
+    def all_scope(self, path: str) -> Iterator[None]:
+        """`with envoy.all():` every call of the module and its children, in every invoke opened inside."""
+        self.everywhere.append(path)
+        try:
+            yield
+        finally:
+            self.everywhere.remove(path)
 
     def parameter(self, path: str, name: str) -> Proxy:
         """A module's parameter or buffer (`model.layer.weight`); in-place edits are undone after the run."""

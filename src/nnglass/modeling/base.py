@@ -78,6 +78,10 @@ class NNsight(Envoy):
         size = first.shape[0] if first is not None and first.ndim else 1
         return inputs, kwargs, size
 
+    def _invoker_inputs(self, prepared: tuple[tuple, dict, int]) -> tuple[tuple, dict]:
+        """What `invoker.inputs` shows of one invoke's prepared inputs: its (args, kwargs)."""
+        return prepared[0], prepared[1]
+
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Concatenate invokes along the batch dimension; also give each invoke's (start, size)."""
         slices, total = batch_slices([size for _, _, size in prepared])

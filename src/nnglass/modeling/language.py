@@ -148,6 +148,12 @@ class LanguageModel(NNsight):
             batch = tokens.encode(inputs[0], self.tokenizer, self._pad_id, **kwargs)
         return (), batch, batch["input_ids"].shape[0]
 
+    def _invoker_inputs(self, prepared: tuple[tuple, dict, int]) -> tuple[tuple, dict]:
+        """`invoker.inputs` as nnsight 0.4 has it: `((BatchEncoding(input_ids, attention_mask),), {})`."""
+        from transformers import BatchEncoding
+
+        return (BatchEncoding(prepared[1]),), {}
+
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Left-pad every invoke to the longest one and stack them into one batch."""
         if len(prepared) == 1:  # one invoke: already a batch
