@@ -114,3 +114,20 @@ def test_library_keywords_never_reach_the_model(tiny, x, llama, keyword):
 def test_blocking_false_is_refused(tiny, x):
     with pytest.raises(TypeError, match="blocking=False"):
         tiny.trace(x, blocking=False)
+
+
+def test_a_keyword_the_forward_cannot_take_is_a_clear_error(llama):
+    with pytest.raises(TypeError, match="takes no keyword argument 'frobnicate'"):
+        llama.trace("Hello", frobnicate=True)
+    with llama.trace("Hello", output_hidden_states=True, use_cache=False):
+        out = llama.output.save()
+    assert len(out.hidden_states) == 3  # the embeddings and two layers
+
+
+def test_a_keyword_a_plain_forward_cannot_take_names_the_module(tiny, x):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'frobnicate'"):
+        with tiny.trace(x, frobnicate=True):
+            tiny.output.save()
+    with tiny.trace(x):
+        out = tiny.output.save()
+    assert torch.equal(out, tiny._model(x))

@@ -49,3 +49,17 @@ def test_remote_logging_off_keeps_only_the_log_text(remote_tiny, x, caplog, caps
     finally:
         CONFIG.APP.REMOTE_LOGGING = True
     assert capsys.readouterr().out == "hello\n" and statuses(caplog) == []
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_parameters_read_and_edited_remotely_as_locally(remote_tiny, net, x, remote):
+    import torch
+    with remote_tiny.trace(x, remote=remote):
+        weight = remote_tiny.layer2.weight.save()
+        remote_tiny.layer1.bias[:] = 0
+        out = remote_tiny.output.save()
+    assert torch.equal(weight, net.layer2.weight)
+    assert torch.allclose(out, net.layer2(torch.nn.functional.linear(x, net.layer1.weight)))
+    with remote_tiny.trace(x, remote=remote):  # the edit was undone (on the server too)
+        again = remote_tiny.output.save()
+    assert torch.allclose(again, net(x))

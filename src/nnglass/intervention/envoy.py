@@ -24,6 +24,12 @@ def _is_tensor_of(module: torch.nn.Module, name: str) -> bool:
     return name in module._parameters or name in module._buffers
 
 
+def _assigned_back(value: Proxy) -> bool:
+    """Whether value is a parameter, or the result of an operation on one (what `+=` assigns back)."""
+    node = value.node
+    return node.op == "parameter" or bool(node.args) and getattr(node.args[0], "op", None) == "parameter"
+
+
 class Envoy:
     """A module's stand-in: children by attribute or index, values through .input/.output."""
 
@@ -54,11 +60,10 @@ class Envoy:
 
     def __setattr__(self, name: str, value: Any) -> None:
         module = self.__dict__.get("_module")
-        if module is not None and _is_tensor_of(module, name) and isinstance(value, Proxy):
-            # `model.layer.weight *= 2`: Python assigns the in-place result back; the edit is recorded already
-            if value.node.op == "parameter" or any(getattr(a, "op", None) == "parameter" for a in value.node.args[:1]):
-                return
-            raise TraceError(f"Edit parameters in place (`.{name}[:] = value`); a parameter cannot be replaced.")
+        if module is not None and isinstance(value, Proxy) and _is_tensor_of(module, name):
+            if not _assigned_back(value):
+                raise TraceError(f"Edit parameters in place (`.{name}[:] = value`); a parameter cannot be replaced.")
+            return  # `model.layer.weight *= 2`: the in-place edit is recorded; Python's assignment after it is not one
         object.__setattr__(self, name, value)
 
     def get(self, path: str) -> Envoy:

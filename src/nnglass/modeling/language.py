@@ -125,6 +125,8 @@ class LanguageModel(NNsight):
         """A Tracer that runs `method`; with `trace=False` the output at once (generated ids for generate)."""
         options["invoker_args"] = library_options(kwargs, options["invoker_args"])
         invoke_kwargs, call_kwargs = _split(kwargs, method)
+        if method == "_execute":
+            _check_forward_keywords(self._model, call_kwargs)
         if not remote:
             self.dispatch()
         tracer = Trace(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs,
@@ -213,6 +215,27 @@ def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
     invoke = {k: v for k, v in kwargs.items() if k in for_inputs}
     call = {k: v for k, v in kwargs.items() if k not in for_inputs}
     return invoke, call
+
+
+# Keywords transformers' forward decorators take out of `**kwargs` before the forward sees them.
+_DECORATOR_KEYS = frozenset({"return_dict", "past_key_values", "cache_position", "output_attentions",
+                             "output_hidden_states"})
+
+
+def _check_forward_keywords(model: torch.nn.Module, kwargs: dict) -> None:
+    """Refuse a keyword the model's forward cannot take, rather than let its `**kwargs` swallow it."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    rest = next((p for p in parameters if p.kind is p.VAR_KEYWORD), None)
+    if rest is not None:
+        typed = next((a for a in getattr(rest.annotation, "__args__", ()) if hasattr(a, "__annotations__")), None)
+        if typed is None:
+            return  # an untyped **kwargs: nothing tells what it takes
+        named |= set(typed.__annotations__) | _DECORATOR_KEYS
+    unknown = [name for name in kwargs if name not in named]
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward takes no keyword argument {unknown[0]!r} (its keywords: "
+                        f"{', '.join(sorted(named - {'self'}))}); tokenizer keywords go through invoker_args.")
 
 
 def _pick(kwargs: dict, keys: tuple[str, ...]) -> dict:
