@@ -277,6 +277,14 @@ class Trace(Tracer):
             grad = self.grads[key] = self.proxy("grad", None, (proxy,), kwargs)
         return grad
 
+    def backward_recorded(self, node: Node) -> None:
+        """`loss.backward()`: the `.grad` reads and edits made outside any pass since the last one belong to it (0.4)."""
+        for key in [key for key in self.grads if key[1] is None]:
+            grad = self.grads.pop(key).node
+            if grad.op == "current":  # an edited gradient: the grad node is the event it swaps
+                grad = grad.args[0]
+            grad.kwargs = {"backward": node.index}
+
     def set_grad(self, proxy: Proxy, value: Any) -> None:
         self.grads[(proxy.node, self.backward)] = self.swap(self.grad_of(proxy), value)
 
