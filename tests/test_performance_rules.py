@@ -33,11 +33,14 @@ def count_calls(fn) -> int:
         nonlocal calls
         calls += event in ("call", "c_call")
 
+    gc.collect()  # no collection (and no finalizers of earlier tests' garbage) inside the count
+    gc.disable()
     sys.setprofile(profile)
     try:
         fn()
     finally:
         sys.setprofile(None)
+        gc.enable()
     return calls
 
 
