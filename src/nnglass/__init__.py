@@ -19,6 +19,7 @@ from .tracing.local import current as _current
 from .tracing.proxy import Proxy
 from . import remote as _remote  # noqa: F401  (registers the remote backend)
 from .remote.client import RemoteError
+from . import util  # noqa: F401  (nnsight 0.4's `nnsight.util.apply`)
 
 __all__ = [
     "NNsight", "LanguageModel", "StandardizedTransformer", "Envoy", "Session", "Tracer", "CONFIG",

@@ -160,7 +160,7 @@ def test_tokenizer_keywords_reach_the_tokenizer(tiny_dirs, tokenizer):
     model = LanguageModel(tiny_dirs["gpt2"])
     with model.trace(PROMPT, invoker_args={"max_length": 3, "truncation": True}) as tracer:
         first = model.lm_head.output.save()
-    assert tracer.invoker.inputs[1]["input_ids"].shape == (1, 3)
+    assert tracer.invoker.inputs[0][0]["input_ids"].shape == (1, 3)
     with model.trace() as tracer:
         with tracer.invoke(PROMPT, max_length=4, truncation=True):
             second = model.lm_head.output.save()
@@ -169,7 +169,7 @@ def test_tokenizer_keywords_reach_the_tokenizer(tiny_dirs, tokenizer):
         assert torch.equal(logits, hf(**encoded).logits)
     with model.trace(PROMPT, padding="max_length", max_length=12) as tracer:
         padded = model.lm_head.output.save()
-    assert tracer.invoker.inputs[1]["attention_mask"].tolist() == [[0] * 3 + [1] * 9]
+    assert tracer.invoker.inputs[0][0]["attention_mask"].tolist() == [[0] * 3 + [1] * 9]
     torch.testing.assert_close(padded.value[:, 3:], logits_of(hf, tokenizer, PROMPT), atol=1e-4, rtol=0)
 
 

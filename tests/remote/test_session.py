@@ -44,8 +44,7 @@ def test_session_log_and_exit_send_log_lines(tiny, caplog, capsys):
         local, remote = both(run)
     assert local == remote == "-- Early Stop --\n"
     statuses = [r.getMessage().split(" - ", 1)[1] for r in caplog.records if r.name == "nnglass.remote"]
-    assert statuses[2:] == ["RUNNING: Your job has started running.", "LOG: -- Early Stop --",
-                            "COMPLETED: Your job has been completed."]
+    assert statuses[2:] == ["RUNNING: Your job has started running.", "COMPLETED: Your job has been completed."]
 
 
 def test_loop_with_cond_and_exit(tiny, capsys):

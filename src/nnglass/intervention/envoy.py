@@ -20,6 +20,17 @@ def _tracer() -> Any:
     return tracer
 
 
+def _is_tensor_of(module: torch.nn.Module, name: str) -> bool:
+    """Whether name is one of the module's own parameters or buffers."""
+    return name in module._parameters or name in module._buffers
+
+
+def _assigned_back(value: Proxy) -> bool:
+    """Whether value is a parameter, or the result of an operation on one (what `+=` assigns back)."""
+    node = value.node
+    return node.op == "parameter" or bool(node.args) and getattr(node.args[0], "op", None) == "parameter"
+
+
 class Envoy:
     """A module's stand-in: children by attribute or index, values through .input/.output."""
 
@@ -42,7 +53,19 @@ class Envoy:
             return state["_children"][name]
         if name in state["_aliases"]:
             return self.get(state["_aliases"][name])
-        return getattr(state["_module"], name)
+        module = state["_module"]
+        tracer = current()
+        if tracer is not None and hasattr(tracer, "parameter") and _is_tensor_of(module, name):
+            return tracer.parameter(self._path, name)
+        return getattr(module, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        module = self.__dict__.get("_module")
+        if module is not None and isinstance(value, Proxy) and _is_tensor_of(module, name):
+            if not _assigned_back(value):
+                raise TraceError(f"Edit parameters in place (`.{name}[:] = value`); a parameter cannot be replaced.")
+            return  # `model.layer.weight *= 2`: the in-place edit is recorded; Python's assignment after it is not one
+        object.__setattr__(self, name, value)
 
     def get(self, path: str) -> Envoy:
         """The envoy at a dotted path below this one (`"transformer.h.0"`); aliases work too."""
@@ -144,6 +167,19 @@ class Envoy:
         return Steps(_tracer(), self._path)
 
     def all(self) -> Envoy:
-        """Address every call of the module: what depends on it runs once per call."""
+        """Address every call of the module and its children: what depends on them runs once per call.
+
+        As a context manager (`with model.all():`) it applies to every invoke opened inside and ends with it.
+        """
         _tracer().all_calls(self._path)
         return self
+
+    def __enter__(self) -> Envoy:
+        tracer = _tracer()
+        tracer.calls.pop((self._path, tracer.current_invoke), None)  # the scope, not `.all()` itself, says ALL
+        self._scope = tracer.all_scope(self._path)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._scope.__exit__(*exc)

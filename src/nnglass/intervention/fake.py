@@ -171,6 +171,10 @@ class Fake(Interleaver):
                           lambda v: v.fake(mode) if isinstance(v, _Meta) else v)
 
     # -- ops that have no meaning on fake values ---------------------------------------------------
+    def parameter(self, node: Node, name: str) -> Any:
+        module = self.trace.model._modules_by_path[node.target]
+        return self.mode.from_tensor(getattr(module, name))
+
     def grad(self, node: Node, tensor: torch.Tensor, backward: int | None = None) -> Any:
         return torch.zeros_like(tensor)
 

@@ -63,6 +63,7 @@ class Interleaver(Interpreter):
     """Hooks on the modules the graph references hand activations to its event nodes."""
 
     external = frozenset({*EVENTS, "item"})
+    neutral = frozenset({"swap"})  # a swap in a false condition: later reads see the value unchanged
 
     def __init__(self, graph: Graph, run: Run, modules: dict[str, torch.nn.Module], env: dict | None = None) -> None:
         super().__init__(graph, run, env)
@@ -81,6 +82,7 @@ class Interleaver(Interpreter):
         self.backward_pass: int | None = None  # index of the backward node now running
         self.busy = False             # the graph itself is calling a module: hooks stand aside
         self.skips: dict[str, list[Node]] = {}   # module path -> its `envoy.skip(value)` nodes
+        self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (edited parameter, its value before)
 
     # -- running -------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -114,6 +116,7 @@ class Interleaver(Interpreter):
                 handle.remove()
             self.handles.clear()
             self.sources.clear()
+            self.restore_parameters()
 
     def index(self) -> None:
         """Group event nodes by (module, kind) and edits by the event they change."""
@@ -316,12 +319,29 @@ class Interleaver(Interpreter):
     def current(self, node: Node, value: Any, *_: Any) -> Any:
         return self.swaps.get(node.args[0], value)
 
-    def call_module(self, node: Node, *args: Any, **kwargs: Any) -> Any:
-        self.busy = True
+    def call_module(self, node: Node, *args: Any, hook: bool = False, **kwargs: Any) -> Any:
+        """Call a module from the graph; with `hook=True` the call is one of the module's calls (its events fire)."""
+        self.busy = not hook
         try:
             return self.modules[node.target](*args, **kwargs)
         finally:
             self.busy = False
+
+    def parameter(self, node: Node, name: str) -> torch.Tensor:
+        """A module's parameter or buffer; one the graph edits in place is its data, restored after the run."""
+        tensor = _tensor_of(self.modules[node.target], name)
+        if node not in self.edits:
+            return tensor
+        with torch.no_grad():
+            self.originals.append((tensor, tensor.detach().clone()))
+        return tensor.data  # edits in place reach the model, without autograd's leaf check
+
+    def restore_parameters(self) -> None:
+        """Undo in-place edits of parameters (last edit first)."""
+        with torch.no_grad():
+            for tensor, original in reversed(self.originals):
+                tensor.copy_(original)
+        self.originals.clear()
 
     def grad(self, node: Node, tensor: torch.Tensor, backward: int | None = None) -> Any:
         _, full, start, stop = self.sources.get(id(tensor), (None, tensor, None, None))
@@ -384,7 +404,7 @@ def _is_edit(node: Node) -> bool:
 def _anchor(value: Any) -> Node | None:
     """The event whose value an edit changes, following item, attribute and view steps."""
     while type(value) is Node:
-        if value.op in EVENTS or value.op == "grad":
+        if value.op in EVENTS or value.op in ("grad", "parameter"):
             return value
         if value.op in ("current", "input", "getattr"):
             value = value.args[0]
@@ -395,6 +415,14 @@ def _anchor(value: Any) -> Node | None:
         else:
             return None
     return None
+
+
+def _tensor_of(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """A module's own parameter or buffer by name (nothing else: the name may come from a request)."""
+    tensor = module._parameters.get(name, module._buffers.get(name))
+    if tensor is None:
+        raise AttributeError(f"The module has no parameter or buffer '{name}'.")
+    return tensor
 
 
 def _downstream(node: Node) -> list[Node]:

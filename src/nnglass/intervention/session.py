@@ -19,13 +19,18 @@ class Session(Tracer):
     kind = "session"
     holds_traces = True
 
-    def __init__(self, model: Any, backend: Backend | None = None) -> None:
+    def __init__(self, model: Any, backend: Backend | None = None, scan: bool = False, validate: bool = False) -> None:
         super().__init__()
         self.model = model
         self.backend = backend or LocalBackend()
+        self.scan = scan or validate  # every trace inside scans (validates) as if opened with that option
+        self.validate = validate
 
     def meta(self) -> dict:
         return {"model": getattr(self.model, "_remote_name", None)}
+
+    def begin(self) -> None:
+        self.experiment.owners[self.graph.id] = self  # traces inside read its scan/validate options
 
     def end(self) -> None:
         self.backend.run(self)

@@ -21,18 +21,32 @@ from .interleaver import ALL_CALLS
 __all__ = ["Trace", "Invoker", "Barrier", "Steps"]
 
 
+def _enclosing(path: str) -> Iterator[str]:
+    """The path and every module path above it, up to the model ("")."""
+    while path:
+        yield path
+        path = path.rpartition(".")[0]
+    yield ""
+
+
 class Invoker:
     """`with tracer.invoke(input):` — a batch slice; the nodes made inside see only its rows."""
 
     def __init__(self, trace: Trace, inputs: tuple, kwargs: dict) -> None:
         self.trace = trace
+        self.scan = kwargs.pop("scan", False)  # the invoke's own option (0.4): scan its input at once
         self.raw = (inputs, kwargs)   # as the user gave them; may hold proxies
         self.index: int | None = None
         self._prepared: tuple | None = None
         self._scope: Any = None
 
     @property
-    def inputs(self) -> tuple[tuple, dict, int]:
+    def inputs(self) -> tuple[tuple, dict]:
+        """This invoke's inputs as nnsight 0.4 shows them: (args, kwargs); a LanguageModel's `((BatchEncoding,), {})`."""
+        return self.trace.model._invoker_inputs(self.prepared)
+
+    @property
+    def prepared(self) -> tuple[tuple, dict, int]:
         """The model args, kwargs and batch size of this invoke."""
         if self._prepared is None:
             if any(isinstance(leaf, Proxy) for leaf in leaves(self.raw)):
@@ -48,6 +62,7 @@ class Invoker:
             self.index = len(trace.invokers)
             trace.invokers.append(self)
             trace.create("invoke", self.index, self.raw, guarded=False)
+        trace.scanning = trace.scanning or self.scan
         self._scope = trace.scope(current_invoke=self.index)  # an empty invoke: the whole batch (None)
         self._scope.__enter__()
         if trace.scanning and self.index is not None:
@@ -115,6 +130,7 @@ class Trace(Tracer):
         self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward pass) -> latest gradient proxy
         self.open_steps: list[range] = []      # node indices of open-ended steps the run may not reach
         self.step: int | None = None           # the call every module is at (a step loop, `tracer.next()`)
+        self.everywhere: list[str] = []        # module paths of open `with envoy.all():` blocks
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -129,6 +145,7 @@ class Trace(Tracer):
 
     def begin(self) -> None:
         self.experiment.owners[self.graph.id] = self
+        self.inherit(self.experiment.owners.get(0))
         if self.validate:
             self.checker = lambda node: self.fake().value(node)
         for edit in getattr(self.model, "_edits", ()) if self.runs else ():
@@ -146,6 +163,12 @@ class Trace(Tracer):
         if self.parent is None:
             self.backend.run(self)
 
+    def inherit(self, session: Any) -> None:
+        """Take `model.session(scan=..., validate=...)` options from the enclosing session."""
+        if session is not self and getattr(session, "kind", None) == "session":
+            self.validate = self.validate or session.validate
+            self.scanning = self.scanning or session.scan
+
     @property
     def holds_traces(self) -> bool:
         return False
@@ -153,9 +176,9 @@ class Trace(Tracer):
     def inputs_of(self, invoke: int | None) -> tuple[tuple, dict]:
         """The prepared model inputs of one invoke (or of all of them batched)."""
         if invoke is None:
-            args, kwargs, _, _ = self.model._batch([inv.inputs for inv in self.invokers])
+            args, kwargs, _, _ = self.model._batch([inv.prepared for inv in self.invokers])
             return args, kwargs
-        args, kwargs, _ = self.invokers[invoke].inputs
+        args, kwargs, _ = self.invokers[invoke].prepared
         return args, kwargs
 
     def replay(self, edit: Graph) -> None:
@@ -267,13 +290,20 @@ class Trace(Tracer):
 
     # -- module events (used by Envoy) ----------------------------------------------------------------
     def event(self, path: str, kind: str) -> Proxy:
+        """The latest proxy of a module's `output`, `inputs` or `input`; inside a condition, a read guarded by it."""
+        latest = self.latest(path, kind)
+        if self.guard is None:
+            return latest
+        return Proxy(self.create("current", None, (latest,)), self.experiment)  # skipped when the guard is false
+
+    def latest(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
         call = self.call_of(path)
         key = (path, kind, call, self.current_invoke)
         proxy = self.events.get(key)
         if proxy is None:
             if kind == "input":
-                inputs = self.event(path, "inputs")
+                inputs = self.latest(path, "inputs")
                 proxy = Proxy(self.create("input", None, (inputs,), guarded=False), self.experiment)
             else:
                 proxy = Proxy(self.create(kind, path, (call,), guarded=False), self.experiment)
@@ -288,7 +318,7 @@ class Trace(Tracer):
         if first:
             kind = "inputs"
         call = self.call_of(path)
-        latest = self.swap(self.event(path, kind), value, first)
+        latest = self.swap(self.latest(path, kind), value, first)
         self.events[(path, kind, call, self.current_invoke)] = latest
         self.events.pop((path, "input", call, self.current_invoke), None)
 
@@ -296,16 +326,37 @@ class Trace(Tracer):
         """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""
         self.create("skip_module", path, (self.call_of(path), value))
 
-    def call_of(self, path: str) -> int:
-        """The call of a module that `.output` addresses now (its own `.next()`, else the trace's step)."""
-        return self.calls.get((path, self.current_invoke), self.first_call if self.step is None else self.step)
-
     def next_call(self, path: str, step: int) -> None:
         call = self.call_of(path)
         self.calls[(path, self.current_invoke)] = step if call == ALL_CALLS else call + step
 
     def all_calls(self, path: str) -> None:
+        """Address every call of the module and of the modules inside it (at the current invoke)."""
         self.calls[(path, self.current_invoke)] = ALL_CALLS
+
+    def call_of(self, path: str) -> int:
+        """The call a module's `.output` addresses: its own, else ALL under an `.all()`, else the trace's step or the first."""
+        invoke = self.current_invoke
+        call = self.calls.get((path, invoke))
+        if call is not None:
+            return call
+        for outer in _enclosing(path):
+            if outer in self.everywhere or self.calls.get((outer, invoke)) == ALL_CALLS:
+                return ALL_CALLS
+        return self.first_call if self.step is None else self.step
+
+    @contextlib.contextmanager
+    def all_scope(self, path: str) -> Iterator[None]:
+        """`with envoy.all():` every call of the module and its children, in every invoke opened inside."""
+        self.everywhere.append(path)
+        try:
+            yield
+        finally:
+            self.everywhere.remove(path)
+
+    def parameter(self, path: str, name: str) -> Proxy:
+        """A module's parameter or buffer (`model.layer.weight`); in-place edits are undone after the run."""
+        return self.proxy("parameter", path, (name,))
 
     # -- gradients (used by Proxy) --------------------------------------------------------------------
     def grad_of(self, proxy: Proxy) -> Proxy:
@@ -316,6 +367,14 @@ class Trace(Tracer):
             kwargs = {"backward": scope.index} if scope is not None else None
             grad = self.grads[key] = self.proxy("grad", None, (proxy,), kwargs)
         return grad
+
+    def backward_recorded(self, node: Node) -> None:
+        """`loss.backward()`: the `.grad` reads and edits made outside any pass since the last one belong to it (0.4)."""
+        for key in [key for key in self.grads if key[1] is None]:
+            grad = self.grads.pop(key).node
+            if grad.op == "current":  # an edited gradient: the grad node is the event it swaps
+                grad = grad.args[0]
+            grad.kwargs = {"backward": node.index}
 
     def set_grad(self, proxy: Proxy, value: Any) -> None:
         self.grads[(proxy.node, self.backward)] = self.swap(self.grad_of(proxy), value)

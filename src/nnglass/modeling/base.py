@@ -13,7 +13,7 @@ from ..intervention.session import Editor, Session
 from ..intervention.trace import Trace
 from ..tracing.walk import leaves
 
-__all__ = ["NNsight", "batch_slices", "BACKENDS"]
+__all__ = ["NNsight", "batch_slices", "BACKENDS", "library_options"]
 
 # Backends by name besides the local one; `nnglass.remote` adds "remote" when imported.
 BACKENDS: dict[str, Any] = {}
@@ -45,6 +45,7 @@ class NNsight(Envoy):
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
+        invoker_args = library_options(kwargs, invoker_args)
         backend = backend_for(remote)
         if not trace:
             with Trace(self, inputs, kwargs, invoker_args=invoker_args, backend=backend):
@@ -57,9 +58,10 @@ class NNsight(Envoy):
         """`with model.scan(input):` gives shapes and dtypes without running the model."""
         return Trace(self, inputs, kwargs, scan=True, run=False)
 
-    def session(self, remote: bool = False) -> Session:
-        """`with model.session() as session:` runs the traces inside in order, at exit."""
-        return Session(self, backend_for(remote))
+    def session(self, remote: bool = False, scan: bool = False, validate: bool = False, **options: Any) -> Session:
+        """`with model.session() as session:` runs the traces inside in order, at exit; scan/validate apply to each."""
+        library_options(options)
+        return Session(self, backend_for(remote), scan, validate)
 
     def edit(self, inplace: bool = False) -> Editor:
         """`with model.edit() as edited:` makes interventions that apply to every later trace."""
@@ -75,6 +77,10 @@ class NNsight(Envoy):
         first = next((v for v in (*inputs, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
         size = first.shape[0] if first is not None and first.ndim else 1
         return inputs, kwargs, size
+
+    def _invoker_inputs(self, prepared: tuple[tuple, dict, int]) -> tuple[tuple, dict]:
+        """What `invoker.inputs` shows of one invoke's prepared inputs: its (args, kwargs)."""
+        return prepared[0], prepared[1]
 
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Concatenate invokes along the batch dimension; also give each invoke's (start, size)."""
@@ -101,6 +107,21 @@ class NNsight(Envoy):
         """Fake-tensor records of every module's inputs and outputs, cached per input signature."""
         return self._scans.get(_signature((args, kwargs)), lambda: record_forward(
             self._modules_by_path, self._execute, args, kwargs, self._fake_mode))
+
+
+def library_options(kwargs: dict, invoker_args: dict | None = None) -> dict | None:
+    """Take the library's own 0.4 keywords out of kwargs; return the invoker_args (or 0.4.11's `invoker_kwargs`).
+
+    `debug` is accepted with no effect (errors always name the user's line); `blocking=True` is what
+    runs do; `blocking=False` is refused rather than passed to the model.
+    """
+    alias = kwargs.pop("invoker_kwargs", None)
+    if alias is not None and invoker_args is not None:
+        raise TypeError("Give either invoker_args or invoker_kwargs (its nnsight 0.4.11 name), not both.")
+    kwargs.pop("debug", None)
+    if not kwargs.pop("blocking", True):
+        raise TypeError("blocking=False is not supported here: runs return when their results are in.")
+    return invoker_args if alias is None else alias
 
 
 def batch_slices(sizes: list[int]) -> tuple[list[tuple[int, int]], int]:

@@ -11,7 +11,7 @@ from ..intervention.envoy import Envoy
 from ..intervention.trace import Trace
 from ..tracing.local import suspended
 from . import tokens
-from .base import NNsight, backend_for, batch_slices
+from .base import NNsight, backend_for, batch_slices, library_options
 
 __all__ = ["LanguageModel", "WrapperModule"]
 
@@ -123,7 +123,10 @@ class LanguageModel(NNsight):
 
     def _run(self, method: str, inputs: tuple, kwargs: dict, *, trace: bool, remote: bool, **options: Any) -> Any:
         """A Tracer that runs `method`; with `trace=False` the output at once (generated ids for generate)."""
+        options["invoker_args"] = library_options(kwargs, options["invoker_args"])
         invoke_kwargs, call_kwargs = _split(kwargs, method)
+        if method == "forward":
+            _check_forward_keywords(self._model, call_kwargs)
         if not remote:
             self.dispatch()
         tracer = Trace(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs,
@@ -149,6 +152,12 @@ class LanguageModel(NNsight):
         with suspended():  # tokenizing makes real tensors, not graph nodes
             batch = tokens.encode(inputs[0], self.tokenizer, self._pad_id, **kwargs)
         return (), batch, batch["input_ids"].shape[0]
+
+    def _invoker_inputs(self, prepared: tuple[tuple, dict, int]) -> tuple[tuple, dict]:
+        """`invoker.inputs` as nnsight 0.4 has it: `((BatchEncoding(input_ids, attention_mask),), {})`."""
+        from transformers import BatchEncoding
+
+        return (BatchEncoding(prepared[1]),), {}
 
     def _batch(self, prepared: list[tuple[tuple, dict, int]]) -> tuple[tuple, dict, list[tuple[int, int]], int]:
         """Left-pad every invoke to the longest one and stack them into one batch."""
@@ -216,6 +225,27 @@ def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
     invoke = {k: v for k, v in kwargs.items() if k in for_inputs}
     call = {k: v for k, v in kwargs.items() if k not in for_inputs}
     return invoke, call
+
+
+# Keywords transformers' forward decorators take out of `**kwargs` before the forward sees them.
+_DECORATOR_KEYS = frozenset({"return_dict", "past_key_values", "cache_position", "output_attentions",
+                             "output_hidden_states"})
+
+
+def _check_forward_keywords(model: torch.nn.Module, kwargs: dict) -> None:
+    """Refuse a keyword the model's forward cannot take, rather than let its `**kwargs` swallow it."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    rest = next((p for p in parameters if p.kind is p.VAR_KEYWORD), None)
+    if rest is not None:
+        typed = next((a for a in getattr(rest.annotation, "__args__", ()) if hasattr(a, "__annotations__")), None)
+        if typed is None:
+            return  # an untyped **kwargs: nothing tells what it takes
+        named |= set(typed.__annotations__) | _DECORATOR_KEYS
+    unknown = [name for name in kwargs if name not in named]
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward takes no keyword argument {unknown[0]!r} (its keywords: "
+                        f"{', '.join(sorted(named - {'self'}))}); tokenizer keywords go through invoker_args.")
 
 
 def _pick(kwargs: dict, keys: tuple[str, ...]) -> dict:

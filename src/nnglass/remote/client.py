@@ -154,10 +154,15 @@ class Connection:
 
 
 def _report(message: StatusMessage) -> bool:
-    """Log a status line (print LOG text, raise on ERROR); whether the job has ended."""
-    logger.info(message.line())
+    """Log a status line (if CONFIG.APP.REMOTE_LOGGING), print LOG text, raise on ERROR; whether the job has ended.
+
+    A LOG line is printed as a local run prints it, and logged only at DEBUG: the user sees it once.
+    """
     if message.status is JobStatus.LOG:
+        logger.debug(message.line())
         print(message.description)
+    elif CONFIG.APP.REMOTE_LOGGING:
+        logger.info(message.line())
     if message.status is JobStatus.ERROR:
         raise RemoteError(message.line(), job_id=message.job_id, where=message.where, error=message.error)
     return message.status.final

@@ -13,7 +13,7 @@ from .allowlist import WireError
 from .values import Decoder, Encoder
 
 WIRE_VERSION = 2
-_MODULE_OPS = ("output", "inputs", "call_module", "skip_module")
+_MODULE_OPS = ("output", "inputs", "call_module", "skip_module", "parameter")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
               "backward", "log", "cond", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
 _KINDS = ("trace", "session", "loop")

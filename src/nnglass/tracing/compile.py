@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import CONFIG
 from . import frames
 from .errors import TraceError
 from .proxy import Proxy
@@ -82,7 +83,9 @@ def enter(context: Any) -> None:
     if frame is not None and frame.f_code in _COMPILED:
         frame = None  # inside a compiled body: the outermost block was compiled whole
     block = _block(frame) if frame is not None else None
-    if block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
+    if block is not None and block.runs_compiled and not CONFIG.APP.CONTROL_FLOW_HANDLING:
+        block = block.as_written("nnglass.CONFIG.APP.CONTROL_FLOW_HANDLING is False")
+    elif block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
         block = block.as_written("another trace function (a debugger, coverage) is active")
     _opened().append(_Opened(context, frame, block))
 

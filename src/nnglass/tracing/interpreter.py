@@ -32,6 +32,7 @@ class Interpreter:
     """
 
     external = frozenset({"item"})  # ops whose values are handed in rather than computed
+    neutral: frozenset[str] = frozenset()  # ops that, when skipped, count as done with no effect
 
     def __init__(self, graph: Graph, run: Run, env: dict | None = None) -> None:
         self.graph = graph
@@ -113,6 +114,10 @@ class Interpreter:
             user = todo.pop()
             if user in self.skipped or user in self.env:
                 continue
+            if user.op in self.neutral:  # done, with no effect: what reads past it still runs
+                self.skipped.add(user)
+                self.complete(user, None)
+                continue
             if user.op == "stop" and user.target == "barrier":  # a barrier waits for what runs, not what is skipped
                 self.waiting[user] -= 1
                 if self.waiting[user] == 0:
@@ -143,7 +148,7 @@ class Interpreter:
     def setattr(self, node: Node, obj: Any, value: Any) -> None:
         setattr(obj, node.target, value)
 
-    def call_module(self, node: Node, *args: Any, **kwargs: Any) -> Any:
+    def call_module(self, node: Node, *args: Any, hook: bool = False, **kwargs: Any) -> Any:
         return self.run_state.modules[node.target](*args, **kwargs)
 
     def log(self, node: Node, *values: Any) -> None:

@@ -188,7 +188,11 @@ class Attribute(Proxy):
     def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
         op = "backward" if self.attr == "backward" else "call_method"
         target = None if op == "backward" else self.attr
-        return self.experiment.recorder.proxy(op, target, (self.parent, *args), kwargs)
+        recorder = self.experiment.recorder
+        proxy = recorder.proxy(op, target, (self.parent, *args), kwargs)
+        if op == "backward":
+            recorder.backward_recorded(proxy.node)
+        return proxy
 
 
 def value_of(value: Any) -> Any:

@@ -196,6 +196,9 @@ class Tracer:
             for name, value in before.items():
                 setattr(self, name, value)
 
+    def backward_recorded(self, node: Node) -> None:
+        """A `backward` node was recorded (subclasses tie earlier gradient reads to it)."""
+
     def open_backward(self, node: Node | None) -> None:
         """Make new `.grad` nodes belong to this backward pass (None: no pass)."""
         self.backward = node
