@@ -8,6 +8,7 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
+from .source import source_envoy
 
 __all__ = ["Envoy"]
 
@@ -127,6 +128,11 @@ class Envoy:
     @input.setter
     def input(self, value: Any) -> None:
         _tracer().set_event(self._path, "input", value)
+
+    @property
+    def source(self) -> Any:
+        """The calls inside this module's forward as points with .input/.output (see source.py)."""
+        return source_envoy(self, Envoy)
 
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""

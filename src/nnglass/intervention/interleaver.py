@@ -13,6 +13,7 @@ from ..tracing.graph import Graph
 from ..tracing.interpreter import WAIT, Interpreter, Run
 from ..tracing.node import Node, describe_line
 from ..tracing.walk import map_leaves, zip_leaves
+from . import source
 
 __all__ = ["Interleaver", "CausalityError", "ALL_CALLS", "EVENTS", "first_input"]
 
@@ -121,6 +122,7 @@ class Interleaver(Interpreter):
             if op == "call_function" and node.target not in _INPLACE_OPS:
                 continue  # the common case: not an event, not an edit
             if op in EVENTS:
+                source.ensure(self.modules, node.target)
                 if node.target not in self.modules:
                     raise TraceError(f"The model has no module '{node.target}' ({describe_line(node.where)}).")
                 self.events.setdefault((node.target, op), []).append(node)
@@ -133,6 +135,7 @@ class Interleaver(Interpreter):
 
     def install(self) -> None:
         """A forward hook (output) or pre-hook (inputs) on each referenced module."""
+        self.handles.extend(source.activate(self.modules, {path for path, _ in self.events}))
         for path, kind in self.events:
             module = self.modules[path]
             if kind == "output":
