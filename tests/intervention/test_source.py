@@ -1,0 +1,153 @@
+"""`envoy.source`: calls inside a forward as points, against torch hooks and hand-written forwards."""
+import pytest
+import torch
+from transformers.models.llama import modeling_llama
+
+from nnglass import LanguageModel
+from nnglass.intervention import source
+from tests.conftest import tiny_llama
+
+
+@pytest.fixture
+def lm(smol_tokenizer):
+    return LanguageModel(tiny_llama(smol_tokenizer, 2), tokenizer=smol_tokenizer)
+
+
+def _recorded(module, kind="output"):
+    """A torch hook that keeps what module sees (the reference the points are checked against)."""
+    seen = []
+    if kind == "output":
+        handle = module.register_forward_hook(lambda m, a, o: seen.append(o))
+    else:
+        handle = module.register_forward_pre_hook(lambda m, a: seen.append(a))
+    return seen, handle
+
+
+def test_print_lists_points_next_to_the_forward_lines(lm):
+    attention = str(lm.model.layers[0].self_attn.source)
+    for name in ("self_q_proj_0", "apply_rotary_pos_emb_0", "attention_interface_0", "self_o_proj_0"):
+        assert any(line.lstrip().startswith(f"{name} ->") for line in attention.splitlines())
+    assert "self.q_proj(hidden_states)" in attention
+    mlp = str(lm.model.layers[0].mlp.source).splitlines()
+    assert [line.split()[0] for line in mlp if "->" in line] == [
+        "self_gate_proj_0", "self_act_fn_0", "self_up_proj_0", "mul_0", "self_down_proj_0"]
+    assert {"self_gate_proj_0", "mul_0"} <= set(dir(lm.model.layers[0].mlp.source))
+
+
+def test_attention_points_read_what_the_calls_see(lm):
+    attn = lm.model.layers[0].self_attn
+    rotary, handle = _recorded(attn._module.o_proj, "inputs")
+    try:
+        with lm.trace("The Eiffel Tower is in"):
+            q = attn.source.self_q_proj_0.output.save()
+            q_module = attn.q_proj.output.save()
+            rope_in = attn.source.apply_rotary_pos_emb_0.inputs.save()
+            rope = attn.source.apply_rotary_pos_emb_0.output.save()
+            inner = attn.source.attention_interface_0.output.save()
+            o_in = attn.source.self_o_proj_0.input.save()
+            shape = attn.source.self_q_proj_0.output.shape
+    finally:
+        handle.remove()
+    assert torch.equal(q, q_module) and shape == q.shape
+    args, _ = rope_in.value
+    expected = modeling_llama.apply_rotary_pos_emb(*args)
+    assert all(torch.equal(a, b) for a, b in zip(rope.value, expected))
+    assert inner.value[0].shape[-1] == attn._module.head_dim
+    assert torch.equal(o_in, rotary[0][0])
+
+
+def test_mlp_product_and_activation_read_and_assign(lm):
+    mlp = lm.model.layers[1].mlp
+    module = mlp._module
+    with lm.trace("Hello world"):
+        x = mlp.input.save()
+        act = mlp.source.self_act_fn_0.output.save()
+        product = mlp.source.mul_0.output.save()
+    assert torch.allclose(act, module.act_fn(module.gate_proj(x)))
+    assert torch.allclose(product, act * module.up_proj(x))
+    with lm.trace("Hello world"):
+        mlp.source.mul_0.output = torch.zeros_like(mlp.source.mul_0.output)
+        down_in = mlp.down_proj.input.save()
+        out = mlp.output.save()
+    assert torch.count_nonzero(down_in) == 0 and torch.count_nonzero(out) == 0
+
+
+def test_input_assignment_changes_the_call(lm):
+    attn = lm.model.layers[0].self_attn
+    with lm.trace("Hello world"):
+        attn.source.self_o_proj_0.input = torch.zeros_like(attn.source.self_o_proj_0.input)
+        out = attn.output[0].save()
+    assert torch.count_nonzero(out) == 0  # Llama's o_proj has no bias
+
+
+def test_two_invokes_of_different_lengths_are_narrowed(lm):
+    mlp = lm.model.layers[0].mlp
+    with lm.trace() as tracer:
+        with tracer.invoke("Hello"):
+            first = mlp.source.mul_0.output.save()
+            first_module = mlp.down_proj.input.save()
+            logits_a = lm.lm_head.output.save()
+        with tracer.invoke("The Eiffel Tower is in the city of"):
+            mlp.source.mul_0.output[:] = 0
+            second = mlp.down_proj.input.save()
+    assert first.shape[0] == 1 and torch.equal(first, first_module) and torch.count_nonzero(first)
+    assert second.shape[0] == 1 and torch.count_nonzero(second) == 0
+    with lm.trace() as tracer:
+        with tracer.invoke("Hello"):
+            alone = lm.lm_head.output.save()
+        with tracer.invoke("The Eiffel Tower is in the city of"):
+            pass
+    assert torch.allclose(logits_a, alone)
+
+
+def test_next_addresses_generation_steps(lm):
+    q = lm.model.layers[0].self_attn.source.self_q_proj_0
+    with lm.generate("Hello world", max_new_tokens=3):
+        steps = [q.output.save(), q.next().output.save(), q.next().output.save()]
+    lengths = [s.shape[1] for s in steps]
+    assert lengths[1:] == [1, 1] and lengths[0] > 1
+
+
+def test_early_stop_inside_a_forward_stops_the_model(lm):
+    attn = lm.model.layers[0].self_attn
+    seen, handle = _recorded(attn._module.o_proj)
+    try:
+        with lm.trace("Hello world"):
+            q = attn.source.self_q_proj_0.output.save()
+            attn.source.self_q_proj_0.output.stop()
+    finally:
+        handle.remove()
+    assert q.shape[1] == 2 and seen == []
+
+
+def test_nested_source_of_called_functions(lm):
+    attn = lm.model.layers[0].self_attn
+    rope = attn.source.apply_rotary_pos_emb_0
+    assert "rotate_half_0" in str(rope.source)
+    with lm.trace("Hello world"):
+        q_embed = rope.source.add_0.output.save()
+        rotated = rope.output[0].save()
+        interface = attn.source.attention_interface_0
+        inner = interface.source.torch_nn_functional_scaled_dot_product_attention_0.output.save()
+        result = interface.output[0].save()
+    assert torch.equal(q_embed, rotated)
+    assert torch.allclose(inner.transpose(1, 2), result)
+
+
+def test_plain_calls_run_the_original_forward_and_the_rewrite_is_cached(lm):
+    attn = lm.model.layers[0].self_attn
+    with lm.trace("Hello world"):
+        attn.source.self_q_proj_0.output.save()
+    misses = source.rewrite.cache_info().misses
+    assert "forward" not in attn._module.__dict__
+    with lm.trace("Hello world"):
+        attn.source.self_q_proj_0.output.save()
+    assert source.rewrite.cache_info().misses == misses  # the class's rewrite is reused
+    with pytest.raises(ValueError), lm.trace("Hello world"):
+        attn.source.self_q_proj_0.output.save()
+        raise ValueError("user error")
+    assert "forward" not in attn._module.__dict__
+    other = lm.model.layers[1].self_attn
+    with lm.trace("Hello world"):
+        other.source.self_q_proj_0.output.save()
+    assert source.rewrite.cache_info().misses == misses  # another instance of the class: same rewrite
