@@ -151,3 +151,17 @@ def test_plain_calls_run_the_original_forward_and_the_rewrite_is_cached(lm):
     with lm.trace("Hello world"):
         other.source.self_q_proj_0.output.save()
     assert source.rewrite.cache_info().misses == misses  # another instance of the class: same rewrite
+
+
+def test_ensure_makes_points_only_for_calls_the_forward_makes(net):
+    modules = dict(net.named_modules())
+    source.ensure(modules, "layer1.source.F_linear_0")
+    assert isinstance(modules["layer1.source.F_linear_0"], source.OperationPoint)
+    for path in ("layer1.source.F_linear_9", "layer9.source.F_linear_0", "layer1.source", "layer1.source.x.y"):
+        source.ensure(modules, path)
+        assert path not in modules
+
+
+def test_an_unknown_point_names_the_operations(lm):
+    with pytest.raises(AttributeError, match="self_q_proj_0"):
+        lm.model.layers[0].self_attn.source.q_proj_0
