@@ -165,3 +165,29 @@ def test_ensure_makes_points_only_for_calls_the_forward_makes(net):
 def test_an_unknown_point_names_the_operations(lm):
     with pytest.raises(AttributeError, match="self_q_proj_0"):
         lm.model.layers[0].self_attn.source.q_proj_0
+
+
+class _Scaled(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2 + torch.relu(x).sum()
+
+
+def _scaled_by_hand(module, x):
+    """_Scaled.forward written out, with its product set to zero."""
+    return torch.nn.functional.linear(x, module.weight, module.bias) * 0 + torch.relu(x).sum()
+
+
+def test_a_forward_with_super_and_shapes_after_an_earlier_scan():
+    from nnglass import NNsight
+    torch.manual_seed(0)
+    model = NNsight(torch.nn.Sequential(_Scaled(3, 4)))
+    x = torch.randn(2, 3)
+    with model.trace(x):
+        model[0].output.shape  # an earlier scan of the same input, before any point existed
+    with model.trace(x):
+        inner = model[0].source.forward_0
+        assert inner.output.shape == (2, 4)
+        model[0].source.mul_0.output = model[0].source.mul_0.output * 0
+        out = model.output.save()
+    assert torch.allclose(out, _scaled_by_hand(model._model[0], x))
+    assert torch.allclose(model._model[0](x), model._model[0].forward(x))

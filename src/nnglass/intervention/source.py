@@ -43,7 +43,6 @@ class Rewrite:
     first_line: int
     tree: ast.FunctionDef
     factory: Callable[..., Callable]
-    freevars: tuple[str, ...]
 
 
 def _call_name(func: ast.expr) -> str:
@@ -115,11 +114,10 @@ def rewrite(fn: types.FunctionType) -> Rewrite:
         raise TraceError(f"{fn!r} is not defined by a `def` statement; only those have a `.source`.")
     namer = _Namer(_order(tree))
     tree.body = [namer.visit(statement) for statement in tree.body]
-    freevars = fn.__code__.co_freevars
-    factory = _compile(tree, freevars, fn, first)
+    factory = _compile(tree, fn.__code__.co_freevars, fn, first)
     original = ast.parse(textwrap.dedent("".join(lines))).body[0]
     names = {name: (line + first - 1, func) for name, (line, func) in namer.names.items()}
-    return Rewrite(names, [line.rstrip("\n") for line in lines], first, original, factory, freevars)
+    return Rewrite(names, [line.rstrip("\n") for line in lines], first, original, factory)
 
 
 def _compile(tree: ast.FunctionDef, freevars: tuple[str, ...], fn: types.FunctionType, first: int) -> Callable:
