@@ -1,4 +1,6 @@
 """`envoy.source`: calls inside a forward as points, against torch hooks and hand-written forwards."""
+import functools
+
 import pytest
 import torch
 from transformers.models.llama import modeling_llama
@@ -191,3 +193,27 @@ def test_a_forward_with_super_and_shapes_after_an_earlier_scan():
         out = model.output.save()
     assert torch.allclose(out, _scaled_by_hand(model._model[0], x))
     assert torch.allclose(model._model[0](x), model._model[0].forward(x))
+
+
+def _doubled(forward):
+    @functools.wraps(forward)
+    def wrapper(self, x, **kwargs):
+        kwargs.setdefault("scale", kwargs.pop("old_scale", 1.0))
+        return 2 * forward(self, x, **kwargs)
+    return wrapper
+
+
+class _Decorated(torch.nn.Module):
+    @_doubled
+    def forward(self, x: "NotDefinedAnywhere", scale: float = 1.0):
+        return torch.sigmoid(x) * scale
+
+
+def test_the_forward_keeps_its_decorators_and_unevaluated_annotations():
+    from nnglass import NNsight
+    model = NNsight(_Decorated())  # the root's own forward: points at "source.<name>"
+    x = torch.randn(2, 3)
+    with model.trace(x, old_scale=3.0):
+        inner = model.source.torch_sigmoid_0.output.save()
+        out = model.output.save()
+    assert torch.allclose(inner, torch.sigmoid(x)) and torch.allclose(out, 6 * torch.sigmoid(x))

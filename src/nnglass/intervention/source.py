@@ -9,6 +9,7 @@ installed on the instance only while a trace that uses its points runs.
 """
 from __future__ import annotations
 
+import __future__
 import ast
 import builtins
 import functools
@@ -122,7 +123,7 @@ def rewrite(fn: types.FunctionType) -> Rewrite:
 
 def _compile(tree: ast.FunctionDef, freevars: tuple[str, ...], fn: types.FunctionType, first: int) -> Callable:
     """A factory `(router, ops, *freevars) -> rewritten function`, compiled with the original line numbers."""
-    tree.decorator_list = []  # the original's decorators wrap the rewritten function in `_bound`
+    tree.decorator_list = []  # the original's decorators wrap the rewritten function in `_decorated`
     params = [ast.arg(name) for name in (_ROUTER, _OPS, *freevars)]
     factory = ast.FunctionDef(_FACTORY, ast.arguments([], params, None, [], [], None, []),
                               [tree, ast.Return(ast.Name(tree.name, ast.Load()))], [], None, None)
@@ -130,7 +131,9 @@ def _compile(tree: ast.FunctionDef, freevars: tuple[str, ...], fn: types.Functio
     ast.fix_missing_locations(module)
     ast.increment_lineno(module, first - 1)
     namespace: dict[str, Any] = {}
-    exec(compile(module, inspect.getsourcefile(fn) or "<source>", "exec"), fn.__globals__, namespace)
+    code = compile(module, inspect.getsourcefile(fn) or "<source>", "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)  # annotations stay unevaluated
+    exec(code, fn.__globals__, namespace)
     return namespace[_FACTORY]
 
 
@@ -348,7 +351,11 @@ def _rewrap(chain: list[Callable], plain: Callable) -> Callable:
 
 def _with_inner(wrapper: Callable, old: Callable, new: Callable) -> Callable:
     """A copy of wrapper whose closure holds new where it held old."""
-    cells = tuple(types.CellType(new) if cell.cell_contents is old else cell for cell in wrapper.__closure__ or ())
+    closure = getattr(wrapper, "__closure__", None) or ()
+    if not any(cell.cell_contents is old for cell in closure):
+        raise TraceError(f"The forward's decorator {wrapper!r} does not keep the function it wraps in a "
+                         f"closure, so its `.source` cannot run under it.")
+    cells = tuple(types.CellType(new) if cell.cell_contents is old else cell for cell in closure)
     copy = types.FunctionType(wrapper.__code__, wrapper.__globals__, wrapper.__name__, wrapper.__defaults__, cells)
     copy.__kwdefaults__ = wrapper.__kwdefaults__
     return functools.update_wrapper(copy, new)
