@@ -159,7 +159,9 @@ def test_ensure_makes_points_only_for_calls_the_forward_makes(net):
     modules = dict(net.named_modules())
     source.ensure(modules, "layer1.source.F_linear_0")
     assert isinstance(modules["layer1.source.F_linear_0"], source.OperationPoint)
-    for path in ("layer1.source.F_linear_9", "layer9.source.F_linear_0", "layer1.source", "layer1.source.x.y"):
+    deep = "layer1.source.F_linear_0" + ".source.x_0" * 5000
+    for path in ("layer1.source.F_linear_9", "layer9.source.F_linear_0", "layer1.source", "layer1.source.x.y",
+                 "source.", "source.x_0", "layer1.source.F_linear_0.source.x_0", deep):
         source.ensure(modules, path)
         assert path not in modules
 

@@ -29,6 +29,7 @@ from ..tracing.local import current
 __all__ = ["OperationPoint", "Source", "SourceEnvoy", "source_of", "source_envoy", "ensure", "activate"]
 
 _ROUTER, _OPS, _FACTORY = "__nnglass_source__", "__nnglass_ops__", "__nnglass_factory__"
+_DEPTH = 8  # the most `.source` levels in one path
 _SKIP = {"super", "locals", "globals", "vars", "eval", "exec", "dir"}  # calls that need the caller's frame
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.MatMult: "matmul", ast.Div: "truediv",
            ast.FloorDiv: "floordiv", ast.Mod: "mod", ast.Pow: "pow"}
@@ -220,18 +221,21 @@ class Source:
         return function
 
     def callee(self, name: str) -> Any:
-        """The function a named call makes, found from the source (for nested `.source` and printing)."""
+        """The function a named call makes, found from the source (a global, `self.x`, or a local's assignment)."""
         _, func = self.plan.names[name]
         if func is None:
             raise TraceError(f"'{name}' is an operator; it has no `.source`.")
         scope = {**vars(builtins), **self.fn.__globals__, "self": self.owner}
-        try:
-            return eval(compile(ast.Expression(func), "<callee>", "eval"), scope)
-        except NameError:
-            value = _assigned(self.plan.tree, func)
-            if value is None:
-                raise TraceError(f"Cannot tell which function '{name}' calls from the source.") from None
-            return eval(compile(ast.Expression(value), "<callee>", "eval"), scope)
+        for expression in (func, _assigned(self.plan.tree, func)):
+            if expression is None:
+                break
+            try:
+                return eval(compile(ast.Expression(expression), "<callee>", "eval"), scope)
+            except NameError:
+                continue
+            except Exception as error:
+                raise TraceError(f"Cannot tell which function '{name}' calls: {error}") from error
+        raise TraceError(f"Cannot tell which function '{name}' calls from the source.")
 
     def __str__(self) -> str:
         by_line: dict[int, list[str]] = {}
@@ -287,7 +291,7 @@ def _source(module: torch.nn.Module, path: str) -> Source:
 # -- paths: registration on a model and activation during a run -------------------------------------
 def ensure(modules: dict[str, torch.nn.Module], path: Any) -> None:
     """Make the point at a `....source.<name>` path (and those above it) in modules, if it names one."""
-    if not isinstance(path, str) or path in modules:
+    if not isinstance(path, str) or path in modules or path.count("source.") > _DEPTH:
         return
     head, found, name = path.rpartition(".source.")
     if not found and path.startswith("source."):
