@@ -219,3 +219,22 @@ def test_the_forward_keeps_its_decorators_and_unevaluated_annotations():
         inner = model.source.torch_sigmoid_0.output.save()
         out = model.output.save()
     assert torch.allclose(inner, torch.sigmoid(x)) and torch.allclose(out, 6 * torch.sigmoid(x))
+
+
+def test_all_applies_an_edit_at_every_generation_step_and_gradients_flow(lm):
+    mlp = lm.model.layers[0].mlp
+
+    def generate(edit):
+        with lm.generate("Hello world", max_new_tokens=3):
+            edit()
+            logits = lm.lm_head.all().output.save()
+        return logits
+
+    by_point = generate(lambda: mlp.source.mul_0.all().output.__setitem__(slice(None), 0))
+    by_module = generate(lambda: mlp.all().output.__setitem__(slice(None), 0))  # down_proj(0) == 0
+    plain = generate(lambda: None)
+    assert torch.equal(by_point, by_module) and not torch.equal(by_point, plain)
+    with lm.trace("Hello world"):
+        grad = mlp.source.self_act_fn_0.output.grad.save()
+        lm.output.logits.sum().backward()
+    assert grad.shape == (1, 2, 64) and torch.count_nonzero(grad)

@@ -162,6 +162,8 @@ class OperationPoint(torch.nn.Module):
         self.__dict__["root"] = source.root  # the module whose forward is rewritten
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn is None:
+            raise TraceError(f"'{self.name}' is a call inside a forward: it cannot be called on its own.")
         fn = self.fn if self.nested is None else self.nested.rewritten(self.fn)
         return fn(*args, **kwargs)
 
