@@ -238,3 +238,27 @@ def test_all_applies_an_edit_at_every_generation_step_and_gradients_flow(lm):
         grad = mlp.source.self_act_fn_0.output.grad.save()
         lm.output.logits.sum().backward()
     assert grad.shape == (1, 2, 64) and torch.count_nonzero(grad)
+
+
+def test_a_module_with_points_pickles_copies_and_is_freed(smol_tokenizer):
+    import copy
+    import gc
+    import pickle
+    import weakref
+    lm = LanguageModel(tiny_llama(smol_tokenizer, 1), tokenizer=smol_tokenizer)
+    attn = lm.model.layers[0].self_attn
+    with lm.trace("Hello world"):
+        attn.source.self_q_proj_0.output.save()
+    module = attn._module
+    clone = pickle.loads(pickle.dumps(module))
+    assert torch.equal(clone.q_proj.weight, module.q_proj.weight)
+    deep = copy.deepcopy(module)
+    from nnglass import NNsight
+    copied = NNsight(deep)
+    with copied.trace(torch.randn(1, 2, 32), position_embeddings=(torch.ones(1, 2, 8), torch.zeros(1, 2, 8))):
+        q = copied.source.self_q_proj_0.output.save()
+    assert q.shape == (1, 2, 32)
+    alive = weakref.ref(module)
+    del attn, module, lm
+    gc.collect()
+    assert alive() is None

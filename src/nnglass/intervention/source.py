@@ -17,7 +17,6 @@ import inspect
 import operator
 import textwrap
 import types
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -191,6 +190,9 @@ class Source:
         self.points: dict[str, OperationPoint] = {}
         self.bound: dict[types.FunctionType, Callable] = {}
 
+    def __reduce__(self) -> tuple:
+        return _forgotten, ()
+
     def point(self, name: str) -> OperationPoint:
         """The point of a call by name (made on first use)."""
         if name not in self.plan.names:
@@ -265,16 +267,21 @@ def _assigned(tree: ast.FunctionDef, func: ast.expr) -> ast.expr | None:
     return found
 
 
-_SOURCES: weakref.WeakKeyDictionary[torch.nn.Module, Source] = weakref.WeakKeyDictionary()
+_KEPT_AS = "_nnglass_source"  # where a module instance keeps its Source (in its __dict__, not a submodule)
 
 
 def source_of(module: torch.nn.Module, path: str) -> Source:
     """The source of a module's forward (one per module instance; the rewrite is shared per class)."""
-    source = _SOURCES.get(module)
+    source = module.__dict__.get(_KEPT_AS)
     if source is None:
         plain, _ = _plain(type(module).forward.__get__(module))
-        source = _SOURCES[module] = Source(plain, f"{path}.source" if path else "source", module, module)
+        source = module.__dict__[_KEPT_AS] = Source(plain, f"{path}.source" if path else "source", module, module)
     return source
+
+
+def _forgotten() -> None:
+    """What a pickled or copied Source becomes: nothing (the copy makes its own on first use)."""
+    return None
 
 
 def nested_source(point: OperationPoint) -> Source:
@@ -329,7 +336,7 @@ def activate(modules: dict[str, torch.nn.Module], paths: Any) -> list[_Restore]:
     handles = []
     for root in roots.values():
         handles.append(_Restore(root))
-        root.forward = types.MethodType(_decorated(_SOURCES[root], root), root)
+        root.forward = types.MethodType(_decorated(root.__dict__[_KEPT_AS], root), root)
     return handles
 
 
