@@ -25,7 +25,8 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 
-__all__ = ["OperationPoint", "Source", "SourceEnvoy", "source_of", "source_envoy", "ensure", "activate"]
+__all__ = ["OperationPoint", "Source", "SourceEnvoy", "rewrite", "source_of", "nested_source", "source_envoy",
+           "ensure", "activate"]
 
 _ROUTER, _OPS, _FACTORY = "__nnglass_source__", "__nnglass_ops__", "__nnglass_factory__"
 _DEPTH = 8  # the most `.source` levels in one path
