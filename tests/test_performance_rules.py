@@ -33,11 +33,16 @@ def count_calls(fn) -> int:
         nonlocal calls
         calls += event in ("call", "c_call")
 
+    gc.collect()  # a collection during the count would add the calls of whatever it frees
+    enabled = gc.isenabled()
+    gc.disable()
     sys.setprofile(profile)
     try:
         fn()
     finally:
         sys.setprofile(None)
+        if enabled:
+            gc.enable()
     return calls
 
 

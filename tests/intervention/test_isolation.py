@@ -347,3 +347,10 @@ def test_the_shape_cache_is_bounded(tiny):
         with tiny.scan(torch.rand(size, 5)):
             assert tiny.layer1.output.shape == (size, 10)
     assert len(tiny._scans.entries) <= tiny._scans.size
+
+
+def test_no_torch_function_stays_patched_after_a_trace(tiny, x):
+    originals = (torch.arange, torch.randn, torch.nn.Parameter.__new__, torch.optim.AdamW)
+    with tiny.trace(x):
+        tiny.output.save()
+    assert (torch.arange, torch.randn, torch.nn.Parameter.__new__, torch.optim.AdamW) == originals

@@ -262,3 +262,17 @@ def test_a_module_with_points_pickles_copies_and_is_freed(smol_tokenizer):
     del attn, module, lm
     gc.collect()
     assert alive() is None
+
+
+def test_skip_a_point_and_a_module_whose_points_are_used(lm):
+    attn = lm.model.layers[0].self_attn
+    with lm.trace("Hello world"):
+        attn.source.self_o_proj_0.skip(torch.zeros(1, 2, 32))
+        out = attn.output[0].save()
+    assert torch.count_nonzero(out) == 0
+    with lm.trace("Hello world"):
+        attn.source.self_q_proj_0.output.save()
+        attn.skip((torch.zeros(1, 2, 32), None))
+        logits = lm.lm_head.output.save()
+    assert logits.shape[1] == 2
+    assert "forward" not in attn._module.__dict__  # both forwards unwound

@@ -9,7 +9,10 @@ from ..tracing.graph import Graph
 from ..tracing.interpreter import Run, run_graph
 from .interleaver import Batch, Interleaver
 
-__all__ = ["Backend", "LocalBackend", "Model", "run_trace", "run_experiment"]
+__all__ = ["Backend", "LocalBackend", "Model", "run_trace", "run_experiment", "RUNS"]
+
+# What a trace runs, by the name graphs (and the wire) use -> the model's method that does it.
+RUNS = {"forward": "_execute", "generate": "_generate"}
 
 
 class Model(Protocol):
@@ -40,9 +43,9 @@ def run_trace(model: Model, graph: Graph, run: Run, env: dict | None = None) -> 
     interleaver.prepare()
     prepared = [model._prepare_inputs(*args, **kwargs) for args, kwargs in interleaver.invoke_inputs()]
     args, kwargs, slices, size = model._batch(prepared)
-    method, call_kwargs = graph.meta.get("method", "_execute"), graph.meta.get("call_kwargs", {})
+    method, call_kwargs = graph.meta.get("method", "forward"), graph.meta.get("call_kwargs", {})
     batch = Batch(slices, size, model._batch_factors(method, call_kwargs))
-    interleaver.run_forward(batch, getattr(model, method), *args, **{**kwargs, **call_kwargs})
+    interleaver.run_forward(batch, getattr(model, RUNS[method]), *args, **{**kwargs, **call_kwargs})
     return interleaver.env
 
 

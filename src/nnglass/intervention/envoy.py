@@ -9,6 +9,7 @@ from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
 from .source import source_envoy
+from .trace import Steps
 
 __all__ = ["Envoy"]
 
@@ -129,6 +130,10 @@ class Envoy:
     def input(self, value: Any) -> None:
         _tracer().set_event(self._path, "input", value)
 
+    def skip(self, value: Any) -> None:
+        """The module does not run (at the addressed call); value stands for its output."""
+        _tracer().skip(self._path, value)
+
     @property
     def source(self) -> Any:
         """The calls inside this module's forward as points with .input/.output (see source.py)."""
@@ -138,6 +143,11 @@ class Envoy:
         """Address the module's following call (generation steps, repeated use)."""
         _tracer().next_call(self._path, step)
         return self
+
+    @property
+    def iter(self) -> Any:
+        """`for step in envoy.iter[0:2]:` the body addresses this module's call at each step."""
+        return Steps(_tracer(), self._path)
 
     def all(self) -> Envoy:
         """Address every call of the module: what depends on it runs once per call."""

@@ -78,20 +78,21 @@ class Interleaver(Interpreter):
         self.handles: list[Any] = []
         self.closures: dict[Node, list[Node]] = {}
         self.given: set[Node] = set()
+        self.invokes: list[Node] = []
         self.backward_pass: int | None = None  # index of the backward node now running
         self.busy = False             # the graph itself is calling a module: hooks stand aside
+        self.skips: dict[str, list[Node]] = {}   # module path -> its `envoy.skip(value)` nodes
 
     # -- running -------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Index events and edits, queue what waits for nothing, run what needs no model value."""
         self.index()
         self.start()
-        self.pin_repeating()
         self.drain()
 
     def invoke_inputs(self) -> list[tuple[tuple, dict]]:
         """Each invoke's (args, kwargs), in invoke order; they must not need a value of this forward."""
-        invokes = sorted((n for n in self.graph.nodes if n.op == "invoke"), key=lambda n: n.target)
+        invokes = self.invokes  # in definition order, which is invoke order
         missing = [n for n in invokes if n not in self.env]
         if missing:
             raise TraceError(f"The input of an invoke needs a value that exists only once the model runs: "
@@ -110,7 +111,7 @@ class Interleaver(Interpreter):
                     pass
             self.drain()
         finally:
-            for handle in self.handles:
+            for handle in reversed(self.handles):  # last in, first out: stacked forwards unwind
                 handle.remove()
             self.handles.clear()
             self.sources.clear()
@@ -126,8 +127,17 @@ class Interleaver(Interpreter):
                 if node.target not in self.modules:
                     raise TraceError(f"The model has no module '{node.target}' ({describe_line(node.where)}).")
                 self.events.setdefault((node.target, op), []).append(node)
+                if node.args[0] == ALL_CALLS:
+                    self.pin(node)
             elif op == "invoke":
                 self.keep.add(node)
+                self.invokes.append(node)
+            elif op == "grad":
+                self.pin(node)
+            elif op == "skip_module":
+                source.ensure(self.modules, node.target)
+                self.keep.add(node)
+                self.skips.setdefault(node.target, []).append(node)
             elif _is_edit(node):
                 anchor = _anchor(node.args[0])
                 if anchor is not None:
@@ -135,13 +145,43 @@ class Interleaver(Interpreter):
 
     def install(self) -> None:
         """A forward hook (output) or pre-hook (inputs) on each referenced module."""
-        self.handles.extend(source.activate(self.modules, {path for path, _ in self.events}))
+        self.handles.extend(source.activate(self.modules, {*(path for path, _ in self.events), *self.skips}))
         for path, kind in self.events:
             module = self.modules[path]
             if kind == "output":
                 self.handles.append(module.register_forward_hook(self.output_hook(path)))
             else:
                 self.handles.append(module.register_forward_pre_hook(self.inputs_hook(path), with_kwargs=True))
+        for path in self.skips:
+            self.handles.append(_Forward(self.modules[path], self.skipping_forward(path)))
+
+    def skipping_forward(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A forward that, at the calls the graph skips, does not run: the skip's value is its output."""
+        calls = [0]
+
+        def wrap(forward: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                call, calls[0] = calls[0], calls[0] + 1
+                nodes = [n for n in self.skips[path] if n.args[0] in (call, ALL_CALLS) and n not in self.skipped]
+                if self.busy or not nodes or threading.get_ident() != self.thread:
+                    return forward(*args, **kwargs)
+                return self.skipped_output(nodes, forward, args, kwargs)
+            return run
+        return wrap
+
+    def skipped_output(self, nodes: list[Node], forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """The skips' values as the module's output (the module runs only for invokes that do not skip it)."""
+        for node in nodes:
+            if node not in self.env:
+                raise CausalityError(f"This skip cannot be applied: its value is not there when the module "
+                                     f"runs.\n  the skip: {describe_line(node.where)}")
+        whole = [n for n in nodes if n.invoke is None or self.batch.whole]
+        if whole:
+            return self.env[whole[-1]]
+        output = forward(*args, **kwargs)
+        for node in nodes:
+            output = self.merge(output, self.env[node], node.invoke)
+        return output
 
     def output_hook(self, path: str) -> Callable[..., Any]:
         key = (path, "output")
@@ -196,15 +236,13 @@ class Interleaver(Interpreter):
         self.given.add(node)
         self.complete(node, value)
 
-    def pin_repeating(self) -> None:
-        """Values that repeating events need on every call must outlive their first use."""
-        for node in self.graph.nodes:
-            if node.op in EVENTS and node.args[0] == ALL_CALLS or node.op == "grad":
-                closure = _downstream(node)
-                self.closures[node] = closure
-                inside = set(closure) | {node}
-                for user in closure:
-                    self.keep.update(dep for dep in user.deps if dep not in inside)
+    def pin(self, node: Node) -> None:
+        """A repeating event (`.all()`, a gradient): what depends on it re-runs, so its inputs must stay."""
+        closure = _downstream(node)
+        self.closures[node] = closure
+        inside = set(closure) | {node}
+        for user in closure:
+            self.keep.update(dep for dep in user.deps if dep not in inside)
 
     def check_edits(self, event: Node) -> None:
         for edit in self.edits.get(event, ()):
@@ -276,6 +314,9 @@ class Interleaver(Interpreter):
                 value = (args, {**kwargs, name: value})
         self.swaps[event] = value
 
+    def skip_module(self, node: Node, call: int, value: Any) -> Any:
+        return value
+
     def current(self, node: Node, value: Any, *_: Any) -> Any:
         return self.swaps.get(node.args[0], value)
 
@@ -319,6 +360,21 @@ class Interleaver(Interpreter):
             self.backward_pass = outer
             self.ready.extend(parked)
             heapq.heapify(self.ready)
+
+
+class _Forward:
+    """A module's forward replaced for one run; `remove()` puts the original back."""
+
+    def __init__(self, module: torch.nn.Module, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        self.module = module
+        self.own = module.__dict__.get("forward")  # an instance forward (accelerate hooks set one)
+        module.forward = wrap(module.forward)
+
+    def remove(self) -> None:
+        if self.own is None:
+            del self.module.forward
+        else:
+            self.module.forward = self.own
 
 
 def _is_edit(node: Node) -> bool:

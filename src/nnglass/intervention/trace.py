@@ -1,7 +1,10 @@
 """Trace and Invoker: the `with model.trace(...)` recorder, its batch slices and module events."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
+
+import torch
 
 from ..tracing.contexts import Condition
 from ..tracing.errors import TraceError
@@ -11,11 +14,11 @@ from ..tracing.proxy import Proxy
 from ..tracing.tracer import Tracer
 from ..tracing.walk import leaves, map_leaves
 from .backend import Backend, LocalBackend
-from .cache import Cache, put
+from .cache import Cache, aliases_of, put
 from .fake import Fake
 from .interleaver import ALL_CALLS
 
-__all__ = ["Trace", "Invoker"]
+__all__ = ["Trace", "Invoker", "Barrier", "Steps"]
 
 
 class Invoker:
@@ -41,18 +44,54 @@ class Invoker:
         trace = self.trace
         if trace.current_invoke is not None:
             raise TraceError("Invokes cannot be nested: close one `with tracer.invoke(...)` before opening the next.")
-        if self.index is None:
+        if self.index is None and self.raw != ((), {}):
             self.index = len(trace.invokers)
             trace.invokers.append(self)
             trace.create("invoke", self.index, self.raw, guarded=False)
-        self._scope = trace.scope(current_invoke=self.index)
+        self._scope = trace.scope(current_invoke=self.index)  # an empty invoke: the whole batch (None)
         self._scope.__enter__()
-        if trace.scanning:
+        if trace.scanning and self.index is not None:
             trace.fake().prepare_invoke(self.index)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._scope.__exit__(*exc)
+
+
+class Barrier:
+    """nnsight 0.5's invoke barrier: calling it is a no-op, since a value may cross invokes anyway."""
+
+    def __init__(self, participants: int) -> None:
+        self.participants = participants
+
+    def __call__(self) -> None:
+        """Wait for the other invokes (nothing to wait for: nodes run once their inputs exist)."""
+
+
+class Steps:
+    """`tracer.iter[...]`: the generation steps a plain Python loop runs its body for, while recording.
+
+    An open end (`[:]`, `[2:]`) stops at the most steps the run may take: the values of a step the run
+    never reaches (generation ended early) drop out of saved lists, and the code after the loop runs.
+    """
+
+    def __init__(self, trace: Trace, path: str | None = None) -> None:
+        self.trace = trace
+        self.path = path  # one module's calls (`envoy.iter[...]`) instead of every module's
+
+    def __getitem__(self, which: int | slice | list[int]) -> Iterator[int]:
+        if isinstance(which, slice):
+            return self._run(range(*which.indices(self.trace.steps())), which.stop is None)
+        return self._run([which] if isinstance(which, int) else list(which), False)
+
+    def _run(self, indices: Any, open_end: bool) -> Iterator[int]:
+        graph = self.trace.graph
+        for count, index in enumerate(indices):
+            start = len(graph.nodes)
+            with self.trace.at_step(index, self.path):
+                yield index
+            if open_end and count:
+                self.trace.open_steps.append(range(start, len(graph.nodes)))
 
 
 class Trace(Tracer):
@@ -63,7 +102,7 @@ class Trace(Tracer):
 
     def __init__(self, model: Any, inputs: tuple = (), kwargs: dict | None = None, *,
                  scan: bool = False, validate: bool = False, invoker_args: dict | None = None,
-                 run: bool = True, method: str = "_execute", call_kwargs: dict | None = None,
+                 run: bool = True, method: str = "forward", call_kwargs: dict | None = None,
                  backend: Backend | None = None) -> None:
         super().__init__()
         self.model = model
@@ -74,6 +113,8 @@ class Trace(Tracer):
         self.events: dict[tuple, Proxy] = {}   # (path, kind, call, invoke) -> latest proxy
         self.calls: dict[tuple, int] = {}      # (path, invoke) -> call index addressed by .output
         self.grads: dict[tuple, Proxy] = {}    # (tensor node, backward pass) -> latest gradient proxy
+        self.open_steps: list[range] = []      # node indices of open-ended steps the run may not reach
+        self.step: int | None = None           # the call every module is at (a step loop, `tracer.next()`)
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -149,6 +190,45 @@ class Trace(Tracer):
         for earlier in self.graph.nodes[:-1]:
             self.graph.depend(node, earlier)
 
+    def barrier(self, participants: int) -> Barrier:
+        """`tracer.barrier(n)`: accepted for nnsight 0.5 code; the graph already runs in dataflow order."""
+        return Barrier(participants)
+
+    @property
+    def iter(self) -> Steps:
+        """`for step in tracer.iter[1:3]:` (or `[:]`, `[[0, 2]]`): the body addresses every module at each step."""
+        return Steps(self)
+
+    def all(self) -> contextlib.AbstractContextManager:
+        """`with tracer.all():` the body applies at every step (it re-runs on each module call)."""
+        return self.at_step(ALL_CALLS)
+
+    def next(self, step: int = 1) -> Trace:
+        """Address every module at the following step (generation)."""
+        current = self.first_call if self.step is None else self.step
+        self.step = step if current == ALL_CALLS else current + step
+        self.calls.clear()
+        return self
+
+    def at_step(self, step: int, path: str | None = None) -> contextlib.AbstractContextManager:
+        """Recording state where every module (or the one at path) is at call `step`."""
+        if path is not None:
+            return self.scope(calls={**self.calls, (path, self.current_invoke): step})
+        return self.scope(step=step, calls={})
+
+    def unreached(self, node: Node) -> bool:
+        """Whether node belongs to a step of an open-ended step loop that the run never reached."""
+        return (node.graph is self.graph and node not in self.experiment.results
+                and any(node.index in steps for steps in self.open_steps))
+
+    def steps(self) -> int:
+        """How many steps the run may take at most (forward passes of `generate`; one for a trace)."""
+        if self.method != "generate":
+            return 1
+        config = getattr(self.model._model, "generation_config", None)
+        return (self.call_kwargs.get("max_new_tokens") or getattr(config, "max_new_tokens", None)
+                or self.call_kwargs.get("max_length") or getattr(config, "max_length", None) or 1)
+
     def log(self, *values: Any) -> None:
         """Print values when the graph runs."""
         self.create("log", None, values)
@@ -157,21 +237,29 @@ class Trace(Tracer):
         """`with tracer.cond(c):` runs the nodes made inside only if c holds."""
         return Condition(self, condition)
 
-    def cache(self, modules: Any = None, include_inputs: bool = False) -> Proxy:
-        """A dict of module outputs (and inputs), keyed by original module path, filled as they run."""
+    def cache(self, modules: Any = None, include_inputs: bool = False, include_output: bool = True,
+              device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None,
+              detach: bool = True) -> Proxy:
+        """A dict of module outputs (and inputs), keyed by original module path, filled as they run (saved).
+
+        Values are detached, as `dtype`, on `device`; in `generate` each entry holds a list, one value per step.
+        """
         envoys = self.model._envoys() if modules is None else modules
-        paths = [envoy if isinstance(envoy, str) else envoy._path for envoy in envoys]
-        store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path),))
-        for path in paths:
-            self.create("call_function", put, (store, path, "output", self.event(path, "output")))
-            if include_inputs:
-                self.create("call_function", put, (store, path, "inputs", self.event(path, "inputs")))
-        return store
+        paths = [self.model.get(e)._path if isinstance(e, str) else e._path for e in envoys]
+        stepped = self.method == "generate"
+        store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path), aliases_of(self.model),
+                                                    None if device is None else str(device), dtype, detach, stepped))
+        kinds = ("output",) * include_output + ("inputs",) * include_inputs
+        with self.at_step(ALL_CALLS) if stepped else contextlib.nullcontext():
+            for path in paths:
+                for kind in kinds:
+                    self.create("call_function", put, (store, path, kind, self.event(path, kind)))
+        return store.save()
 
     @property
     def result(self) -> Proxy:
         """The output of the run: the model's output (for `generate`: the generated ids)."""
-        return self.event("generator" if self.method == "_generate" else "", "output")
+        return self.event("generator" if self.method == "generate" else "", "output")
 
     def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Proxy:
         """Add a call of any function to the graph."""
@@ -180,7 +268,7 @@ class Trace(Tracer):
     # -- module events (used by Envoy) ----------------------------------------------------------------
     def event(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
-        call = self.calls.get((path, self.current_invoke), self.first_call)
+        call = self.call_of(path)
         key = (path, kind, call, self.current_invoke)
         proxy = self.events.get(key)
         if proxy is None:
@@ -199,15 +287,22 @@ class Trace(Tracer):
         first = kind == "input"
         if first:
             kind = "inputs"
-        call = self.calls.get((path, self.current_invoke), self.first_call)
+        call = self.call_of(path)
         latest = self.swap(self.event(path, kind), value, first)
         self.events[(path, kind, call, self.current_invoke)] = latest
         self.events.pop((path, "input", call, self.current_invoke), None)
 
+    def skip(self, path: str, value: Any) -> None:
+        """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""
+        self.create("skip_module", path, (self.call_of(path), value))
+
+    def call_of(self, path: str) -> int:
+        """The call of a module that `.output` addresses now (its own `.next()`, else the trace's step)."""
+        return self.calls.get((path, self.current_invoke), self.first_call if self.step is None else self.step)
+
     def next_call(self, path: str, step: int) -> None:
-        key = (path, self.current_invoke)
-        call = self.calls.get(key, self.first_call)
-        self.calls[key] = step if call == ALL_CALLS else call + step
+        call = self.call_of(path)
+        self.calls[(path, self.current_invoke)] = step if call == ALL_CALLS else call + step
 
     def all_calls(self, path: str) -> None:
         self.calls[(path, self.current_invoke)] = ALL_CALLS

@@ -98,7 +98,7 @@ class LanguageModel(NNsight):
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
               invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
         """`with model.trace(prompt):` one forward pass; keywords other than tokenizer ones go to the model."""
-        return self._run("_execute", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+        return self._run("forward", inputs, kwargs, trace=trace, scan=scan, validate=validate,
                          invoker_args=invoker_args, remote=remote)
 
     def generate(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
@@ -108,12 +108,12 @@ class LanguageModel(NNsight):
         Keywords other than tokenizer ones (`max_new_tokens`, `do_sample`, `max_length`, ...) go to the
         model's `generate`; give tokenizer keywords such as `max_length` through `invoker_args`.
         """
-        return self._run("_generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
+        return self._run("generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
                          invoker_args=invoker_args, remote=remote)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> Trace:
         """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
-        invoke_kwargs, call_kwargs = _split(kwargs, "_execute")
+        invoke_kwargs, call_kwargs = _split(kwargs, "forward")
         return Trace(self, inputs, invoke_kwargs, scan=True, run=False, call_kwargs=call_kwargs)
 
     def edit(self, inplace: bool = False) -> Any:
@@ -131,12 +131,15 @@ class LanguageModel(NNsight):
         if trace:
             return tracer
         with tracer:
-            output = (self.generator if method == "_generate" else self).output.save()
+            output = (self.generator if method == "generate" else self).output.save()
         return output.value
 
     # -- what NNsight leaves to subclasses ----------------------------------------------------------------
     def _prepare_inputs(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict, int]:
-        """One invoke's input as left-padded input_ids and attention_mask [batch, tokens]."""
+        """One invoke's input as left-padded input_ids and attention_mask [batch, tokens] (or inputs_embeds)."""
+        if tokens.EMBEDS in kwargs and not inputs:
+            batch = tokens.embedded(kwargs.pop(tokens.EMBEDS), kwargs.pop("attention_mask", None))
+            return (), batch, batch[tokens.EMBEDS].shape[0]
         given = {key: kwargs.pop(key) for key in tokens.INPUT_KEYS if key in kwargs}
         if given:
             inputs = (*inputs, given)
@@ -152,32 +155,39 @@ class LanguageModel(NNsight):
         if len(prepared) == 1:  # one invoke: already a batch
             _, batch, size = prepared[0]
             return (), batch, [(0, size)], size
-        width = max(kwargs["input_ids"].shape[1] for _, kwargs, _ in prepared)
+        if len({frozenset(kwargs) for _, kwargs, _ in prepared}) > 1:
+            raise TypeError("Every invoke must give text or token ids, or every invoke inputs_embeds: "
+                            "all invokes run as one batch.")
+        width = max(kwargs["attention_mask"].shape[1] for _, kwargs, _ in prepared)
         padded = [tokens.left_pad(kwargs, width, self._pad_id) for _, kwargs, _ in prepared]
-        batch = {key: torch.cat([p[key] for p in padded]) for key in tokens.INPUT_KEYS}  # [total, width]
+        batch = {key: torch.cat([p[key] for p in padded]) for key in padded[0]}  # [total, width, ...]
         return (), batch, *batch_slices([size for _, _, size in prepared])
 
     def _batch_factors(self, method: str, call_kwargs: dict) -> frozenset[int]:
         """Row copies `generate` makes: beams and return sequences (each row's copies sit together)."""
-        if method != "_generate":
+        if method != "generate":
             return frozenset({1})
         config = getattr(self._model, "generation_config", None)
         beams = call_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
         sequences = call_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
         return frozenset({1, beams, sequences, beams * sequences})
 
-    def _execute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+    def _execute(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> Any:
         """One forward pass; position ids count real tokens, so a padded prompt sees what it sees alone."""
-        inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask)
+        inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask,
+                                 inputs_embeds=kwargs.pop(tokens.EMBEDS, None))
         if self._takes_positions:
             kwargs.setdefault("position_ids", tokens.positions(inputs["attention_mask"]))
         return self._model(**inputs, **kwargs)
 
-    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+    def _generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                  **kwargs: Any) -> Any:
         """`model.generate(...)`; its output goes through `generator` so that `.generator.output` sees it."""
         kwargs.setdefault("pad_token_id", self._pad_id)
-        output = self._model.generate(**self._on_device(input_ids=input_ids, attention_mask=attention_mask),
-                                      **kwargs)
+        inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask,
+                                 inputs_embeds=kwargs.pop(tokens.EMBEDS, None))
+        output = self._model.generate(**inputs, **kwargs)
         return self._generator(output)
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -192,16 +202,16 @@ class LanguageModel(NNsight):
             pad = pad[0] if pad else None
         return 0 if pad is None else pad
 
-    def _on_device(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Inputs moved to the model's (first) device, meta included (scans of a model not loaded yet)."""
+    def _on_device(self, **tensors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The given inputs moved to the model's (first) device, meta included (scans of a model not loaded yet)."""
         device = self._model.device
-        return {name: t.to(device) for name, t in tensors.items()}
+        return {name: t.to(device) for name, t in tensors.items() if t is not None}
 
 
 def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
     """Keywords of the inputs (tokenizer, input_ids, attention_mask) and keywords of the model call."""
-    for_inputs = set(tokens.TOKENIZER_KEYS) | set(tokens.INPUT_KEYS)
-    if method == "_generate":
+    for_inputs = set(tokens.TOKENIZER_KEYS) | set(tokens.INPUT_KEYS) | {tokens.EMBEDS}
+    if method == "generate":
         for_inputs.discard("max_length")  # a generation length when given to generate
     invoke = {k: v for k, v in kwargs.items() if k in for_inputs}
     call = {k: v for k, v in kwargs.items() if k not in for_inputs}

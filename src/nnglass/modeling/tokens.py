@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 INPUT_KEYS = ("input_ids", "attention_mask")
+EMBEDS = "inputs_embeds"  # an invoke may give embeddings [batch, tokens, hidden] instead of token ids
 # Keywords of a tokenizer call that change how text becomes tokens.
 TOKENIZER_KEYS = frozenset({
     "padding", "truncation", "max_length", "stride", "add_special_tokens", "pad_to_multiple_of",
@@ -18,6 +19,8 @@ _FORMS = ("a string, a list of strings, token ids (a list of ints, a list of lis
 
 def encode(value: Any, tokenizer: Any, pad_id: int, **tokenizer_kwargs: Any) -> dict[str, torch.Tensor]:
     """One invoke's input as left-padded `input_ids` and `attention_mask`, both [batch, tokens]."""
+    if _is_chat(value) or _is_list_of(value, list) and all(_is_chat(item) for item in value):
+        value = render_chat(value, tokenizer)
     if isinstance(value, str) or _is_list_of(value, str):
         if tokenizer is None:
             raise ValueError("Text inputs need a tokenizer: pass `LanguageModel(model, tokenizer=...)`, "
@@ -38,14 +41,39 @@ def encode(value: Any, tokenizer: Any, pad_id: int, **tokenizer_kwargs: Any) -> 
     return _justify(_rows(value), None, pad_id)
 
 
+def embedded(embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """An invoke given as `inputs_embeds` [batch, tokens, hidden], with its mask (all ones when not given)."""
+    if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
+        raise TypeError("inputs_embeds must be a tensor [batch, tokens, hidden].")
+    if attention_mask is None:
+        attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    return {EMBEDS: embeds, "attention_mask": torch.as_tensor(attention_mask).long()}
+
+
 def left_pad(batch: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Widen left-padded `input_ids` and `attention_mask` [batch, tokens] to [batch, width]."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    missing = width - ids.shape[1]
+    """Widen left-padded `input_ids` (or `inputs_embeds`, padded with zeros) and `attention_mask` to width tokens."""
+    name = EMBEDS if EMBEDS in batch else "input_ids"
+    values, mask = batch[name], batch["attention_mask"]
+    missing = width - values.shape[1]
     if missing == 0:
         return batch
-    return {"input_ids": torch.cat([ids.new_full((ids.shape[0], missing), pad_id), ids], dim=1),
+    fill = values.new_zeros if name == EMBEDS else lambda shape: values.new_full(shape, pad_id)
+    return {name: torch.cat([fill((values.shape[0], missing, *values.shape[2:])), values], dim=1),
             "attention_mask": torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)}
+
+
+def render_chat(value: Any, tokenizer: Any) -> str | list[str]:
+    """Chat messages (a list of role/content dicts, or a list of such lists) as text by the chat template."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("Chat messages need a tokenizer with a chat template.")
+    if _is_chat(value):
+        return tokenizer.apply_chat_template(list(value), tokenize=False, add_generation_prompt=True)
+    return [render_chat(item, tokenizer) for item in value]
+
+
+def _is_chat(value: Any) -> bool:
+    """Whether value is one conversation: a list of dicts with a role and a content."""
+    return _is_list_of(value, Mapping) and all("role" in m and "content" in m for m in value)
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ KEYWORDS = _words("""
 """)
 # Keywords of the model's forward and generate, and of its tokenizer (a trace's or an invoke's keywords).
 MODEL_KEYWORDS = _words("""
-    input_ids attention_mask position_ids token_type_ids labels use_cache return_dict output_hidden_states
+    input_ids inputs_embeds attention_mask position_ids token_type_ids labels use_cache return_dict output_hidden_states
     output_attentions max_new_tokens min_new_tokens max_length min_length do_sample temperature top_k top_p
     typical_p repetition_penalty no_repeat_ngram_size num_beams num_return_sequences length_penalty
     early_stopping pad_token_id eos_token_id bos_token_id return_dict_in_generate output_scores output_logits

@@ -14,20 +14,23 @@ from .allowlist import WireError
 from .values import Decoder, Encoder
 
 WIRE_VERSION = 2
-_MODULE_OPS = ("output", "inputs", "call_module")
+_MODULE_OPS = ("output", "inputs", "call_module", "skip_module")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
               "backward", "log", "cond", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
 _KINDS = ("trace", "session", "loop")
-_METHODS = ("_execute", "_generate")
+_METHODS = ("forward", "generate")
 
 
 # -- client side: a trace or session -> request -----------------------------------------------------
-def request(recorder: Any) -> dict:
-    """The JSON request for a finished trace or session (refuses what the server may not run)."""
+def request(recorder: Any, unnamed: str | None = None) -> dict:
+    """The JSON request for a finished trace or session (refuses what the server may not run).
+
+    `unnamed`: the name to send for a model that has none (`remote="local"` runs it here).
+    """
     graphs = recorder.experiment.graphs
     encode = Encoder(ref=_ref)
     body = {"nnglass": __version__, "wire": WIRE_VERSION,
-            "graphs": [_encode_graph(g, encode) for g in graphs]}
+            "graphs": [_encode_graph(g, encode, unnamed) for g in graphs]}
     body["tensors"] = encode.blob()
     return body
 
@@ -36,10 +39,10 @@ def _ref(node: Node) -> dict:
     return {"$node": [node.graph.id, node.index]}
 
 
-def _encode_graph(graph: Graph, encode: Encoder) -> dict:
+def _encode_graph(graph: Graph, encode: Encoder, unnamed: str | None = None) -> dict:
     meta = dict(graph.meta)
     if graph.kind == "trace":
-        meta["model"] = remote_name(meta.get("model"))
+        meta["model"] = remote_name(meta.get("model") or unnamed)
     if "call_kwargs" in meta:
         meta["call_kwargs"] = encode(meta["call_kwargs"])
     return {
@@ -135,7 +138,7 @@ class Job:
             return {"model": self.models(meta["model"])}
         if graph.kind != "trace":
             return {}
-        method = meta.get("method", "_execute")
+        method = meta.get("method", "forward")
         if method not in _METHODS:
             raise WireError(f"unknown run method {method!r:.40}")
         model = self.models(remote_name(meta.get("model")))

@@ -11,13 +11,14 @@ import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 
+from ..intervention.cache import Cache, Entry
 from ..tracing.node import Node
 from .allowlist import WireError
 
 __all__ = ["Encoder", "Decoder"]
 
 _TAGS = {"$node", "$float", "$tuple", "$dict", "$slice", "$ellipsis", "$dtype", "$device", "$set",
-         "$complex", "$bytes", "$dataloader", "$tensor", "$output"}
+         "$complex", "$bytes", "$dataloader", "$tensor", "$output", "$cache"}
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]{1,2})?")
 _DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
@@ -65,6 +66,9 @@ class Encoder:
         if isinstance(value, dict) and type(value).__module__.startswith("transformers."):  # a ModelOutput
             fields = {k: v for k, v in value.items() if not _is_cache(v)}  # a KV cache stays on the server
             return {"$output": [type(value).__module__, type(value).__name__], "fields": self(fields)}
+        if isinstance(value, Cache):
+            entries = {path: (entry.output, entry.inputs) for path, entry in value.items()}
+            return {"$cache": self(entries), "paths": self(tuple(value.paths)), "aliases": self(tuple(value.aliases))}
         if isinstance(value, DataLoader):
             return {"$dataloader": {"dataset": self(list(value.dataset)), "batch_size": value.batch_size}}
         raise WireError(f"a value of type '{type(value).__qualname__}' cannot be sent to the server.")
@@ -151,6 +155,14 @@ class Decoder:
         if type(size) is not int or size < 1:
             raise WireError(f"bad DataLoader batch size {size!r:.20}")
         return DataLoader(self(spec["dataset"]), batch_size=size)
+
+    def _cache(self, entries: Any, data: dict) -> Cache:
+        """A `tracer.cache()` dict: entries by module path, with the model's paths and aliases for lookups."""
+        cache = Cache(self(data["paths"]), self(data["aliases"]))
+        for path, (output, inputs) in self(entries).items():
+            entry = cache[path] = Entry()
+            entry.output, entry.inputs = output, inputs
+        return cache
 
     def _output(self, where: list, data: dict) -> Any:
         """A transformers ModelOutput, of a class from a transformers module already imported here."""

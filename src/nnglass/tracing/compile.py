@@ -232,11 +232,21 @@ def _real(value: Any, depth: int = 0) -> Any:
     if kind is tuple:
         items = tuple(_real(item, depth + 1) for item in value)
         return items if any(a is not b for a, b in zip(items, value)) else value
+    if kind is list:
+        value[:] = [item for item in value if not _unreached(item)]
     for key, item in (value.items() if kind is dict else enumerate(value)):
         new = _real(item, depth + 1)
         if new is not item:
             value[key] = new
     return value
+
+
+def _unreached(value: Any) -> bool:
+    """Whether value is a proxy of a generation step that never happened (`tracer.iter[:]` ran past the end)."""
+    if not isinstance(value, Proxy) or value.experiment.building:
+        return False
+    owner = value.experiment.owners.get(value.node.graph.id)
+    return getattr(owner, "unreached", None) is not None and owner.unreached(value.node)
 
 
 def _mark_saved(pending: list) -> None:

@@ -1,11 +1,10 @@
 """Patching: torch factories, einops, optimizers and Parameter make nodes while a recorder is open."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import einops
 import torch
@@ -13,7 +12,7 @@ import torch
 from .local import current
 from .proxy import recording_in
 
-__all__ = ["patching", "gc_paused"]
+__all__ = ["install_patches", "remove_patches", "pause_gc", "resume_gc", "originals"]
 
 _FACTORIES = ("randn", "rand", "randint", "randperm", "normal", "zeros", "ones", "full", "empty",
               "arange", "linspace", "logspace", "eye", "tensor", "as_tensor")
@@ -81,28 +80,32 @@ def originals() -> dict[Any, Any]:
     return {traced: original for _, _, original, traced in _patches()}
 
 
-@contextlib.contextmanager
-def patching() -> Iterator[None]:
-    """Patch factories, einops, optimizers and Parameter while any recorder is open (in any thread)."""
+def install_patches() -> None:
+    """Make factories, einops, optimizers and Parameter record while any recorder is open (in any thread).
+
+    Undone by remove_patches when the last recorder closes: patched torch functions left in place
+    confuse other libraries (transformers' weight loading re-creates buffers with them).
+    """
     global _patched
     with _lock:
         _patched += 1
         if _patched == 1:
             for owner, name, _, traced in _patches():
                 setattr(owner, name, traced)
-    try:
-        yield
-    finally:
-        with _lock:
-            _patched -= 1
-            if _patched == 0:
-                for owner, name, original, _ in _patches():
-                    setattr(owner, name, original)
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No garbage collection while any trace records or runs (in any thread).
+def remove_patches() -> None:
+    """Undo install_patches once the last open recorder closes."""
+    global _patched
+    with _lock:
+        _patched -= 1
+        if _patched == 0:
+            for owner, name, original, _ in _patches():
+                setattr(owner, name, original)
+
+
+def pause_gc() -> None:
+    """No garbage collection while any trace records or runs (in any thread); undone by resume_gc.
 
     A trace makes thousands of short-lived objects; a collection in the middle would push them into
     older generations and trigger full collections later. Reference counting frees them at the end.
@@ -113,10 +116,12 @@ def gc_paused() -> Iterator[None]:
         if _paused == 1:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
-    try:
-        yield
-    finally:
-        with _lock:
-            _paused -= 1
-            if _paused == 0 and _gc_was_enabled:
-                gc.enable()
+
+
+def resume_gc() -> None:
+    """Undo pause_gc once the last trace is done."""
+    global _paused
+    with _lock:
+        _paused -= 1
+        if _paused == 0 and _gc_was_enabled:
+            gc.enable()

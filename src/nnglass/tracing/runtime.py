@@ -257,7 +257,8 @@ class Loop:
         """items, ending each iteration's `continue` guards before the next one starts."""
         for item in items:
             yield item
-            self.end_iteration()
+            if self.guards:
+                self.end_iteration()
 
     def unrolled(self) -> Any:
         """The items of a proxy in a trace, one proxy each, by its length known while tracing."""

@@ -9,7 +9,7 @@ from .errors import TraceError
 from .graph import Graph
 from .local import current, stack
 from .node import Node, user_line
-from .patching import gc_paused, patching
+from .patching import install_patches, pause_gc, remove_patches, resume_gc
 from .proxy import Proxy
 from .walk import leaves, map_leaves
 
@@ -67,14 +67,22 @@ class Tracer:
             raise TraceError(f"This {self.kind} has already been used; open a new one "
                              f"(e.g. `with model.trace(...)`) for another run.")
         self._entered = True
-        with contextlib.ExitStack() as stack_:
-            self._gc = stack_.enter_context(contextlib.ExitStack())
-            self._gc.enter_context(gc_paused())
-            self._recording = stack_.enter_context(contextlib.ExitStack())
-            self._recording.enter_context(self.recording())
-            self._recording.enter_context(patching())
-            entered = self.begin()
-            self._undo = stack_.pop_all()
+        pause_gc()
+        try:
+            self.join()
+            try:
+                install_patches()
+                try:
+                    entered = self.begin()
+                except BaseException:
+                    remove_patches()
+                    raise
+            except BaseException:
+                self.leave()
+                raise
+        except BaseException:
+            resume_gc()
+            raise
         compile.enter(self)  # native control flow: the block may run compiled (tracing/compile.py)
         return self if entered is None else entered
 
@@ -82,17 +90,17 @@ class Tracer:
         return compile.exit(self, kind, error, tb, self._close)
 
     def _close(self, kind: Any, error: Any, tb: Any) -> None:
-        """Stop recording; run (or hand over) the graph unless the block failed; undo the rest."""
+        """Stop recording; run (or hand over) the graph unless the block failed; resume gc in any case."""
         try:
-            self._recording.close()
+            remove_patches()
+            self.leave()
             if kind is None:
                 self.end()
         finally:
-            self._undo.close()
+            resume_gc()
 
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[None]:
-        """Join the enclosing experiment (or start one) and be this thread's current recorder."""
+    def join(self) -> None:
+        """Join the enclosing experiment (or start one) and become this thread's current recorder."""
         outer = current()
         if outer is not None and outer.experiment.building:
             if not self.nests or not getattr(outer, "holds_traces", False):
@@ -106,15 +114,15 @@ class Tracer:
         self.graph = experiment.new_graph(self.parent, self.kind, self.meta())
         if self.parent is not None:
             self.graph.owner = outer.create(self.kind, self.graph.id)
-        previous, experiment.recorder = experiment.recorder, self
+        self._previous, experiment.recorder = experiment.recorder, self
         stack().append(self)
-        try:
-            yield
-        finally:
-            stack().pop()
-            experiment.recorder = previous
-            if self.parent is None:
-                experiment.building = False
+
+    def leave(self) -> None:
+        """Stop being the current recorder; the outermost one ends the experiment's recording."""
+        stack().pop()
+        self.experiment.recorder = self._previous
+        if self.parent is None:
+            self.experiment.building = False
 
     def meta(self) -> dict:
         """What the wire needs to rebuild this graph (subclasses add the model, method, ...)."""
@@ -131,12 +139,15 @@ class Tracer:
     def create(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None,
                guarded: bool = True) -> Node:
         """Record one operation in the open graph; proxies among the arguments become dependencies."""
+        graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
         nested = False
         unwrapped = []
         for arg in args:
-            if type(arg) is Proxy:
-                arg = self.node_of(arg, deps)
+            if type(arg) is Proxy and arg.experiment is experiment and arg.node.graph is graph:
+                arg = arg.node  # the common case, inlined
+                if arg not in deps:
+                    deps.append(arg)
             elif type(arg) in _CONTAINERS or isinstance(arg, Proxy):
                 before = len(deps)
                 arg = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
@@ -148,7 +159,7 @@ class Tracer:
             nested = nested or len(deps) > before or _holds_node(kwargs)
         if guarded and self.guard is not None and self.guard not in deps:
             deps.append(self.guard)
-        node = self.graph.create_node(op, target, tuple(unwrapped), kwargs, deps, nested, user_line(), self.current_invoke)
+        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, nested, user_line(), self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node

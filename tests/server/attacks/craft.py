@@ -18,7 +18,7 @@ def base_request(x: torch.Tensor) -> dict:
     """A valid trace of the tiny net whose node 0 is layer1's output, saved (an attack appends nodes after it).
 
     Written out by hand, as an attacker would, so that it does not depend on how the client records."""
-    meta = {"model": "tiny", "method": "_execute", "call_kwargs": {"$dict": []}}
+    meta = {"model": "tiny", "method": "forward", "call_kwargs": {"$dict": []}}
     layer1 = node("output", "layer1", 0, saved=True)
     invoke = node("invoke", 0, {"$tuple": [{"$tensor": "t0", "grad": False, "param": False}]}, {"$dict": []})
     return {**_header(), "graphs": [graph(None, "trace", [layer1, invoke], meta)],
