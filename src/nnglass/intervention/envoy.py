@@ -8,6 +8,7 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
+from .source import source_envoy
 from .trace import Steps
 
 __all__ = ["Envoy"]
@@ -155,6 +156,11 @@ class Envoy:
     def skip(self, value: Any) -> None:
         """The module does not run (at the addressed call); value stands for its output."""
         _tracer().skip(self._path, value)
+
+    @property
+    def source(self) -> Any:
+        """The calls inside this module's forward as points with .input/.output (see source.py)."""
+        return source_envoy(self, Envoy)
 
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""

@@ -12,6 +12,7 @@ from ..tracing.local import suspended
 from ..tracing.node import Node
 from ..tracing.walk import map_leaves
 from .interleaver import EVENTS, Interleaver
+from .source import activate
 
 __all__ = ["Fake", "record_forward", "ScanCache"]
 
@@ -30,7 +31,7 @@ def record_forward(modules: dict[str, torch.nn.Module], forward: Any, args: tupl
         call = calls[(path, kind)] = calls.get((path, kind), -1) + 1
         records[(path, kind, call)] = map_leaves(value, fake)
 
-    handles = []
+    handles: list[Any] = activate(modules, modules)  # forwards with points run rewritten
     for path, module in modules.items():
         handles.append(module.register_forward_pre_hook(
             lambda m, a, k, path=path: keep(path, "inputs", (a, k)), with_kwargs=True))

@@ -13,6 +13,7 @@ from ..tracing.graph import Graph
 from ..tracing.interpreter import WAIT, Interpreter, Run
 from ..tracing.node import Node, describe_line
 from ..tracing.walk import map_leaves, zip_leaves
+from . import source
 
 __all__ = ["Interleaver", "CausalityError", "ALL_CALLS", "EVENTS", "first_input"]
 
@@ -112,7 +113,7 @@ class Interleaver(Interpreter):
                     pass
             self.drain()
         finally:
-            for handle in self.handles:
+            for handle in reversed(self.handles):  # last in, first out: stacked forwards unwind
                 handle.remove()
             self.handles.clear()
             self.sources.clear()
@@ -125,6 +126,7 @@ class Interleaver(Interpreter):
             if op == "call_function" and node.target not in _INPLACE_OPS:
                 continue  # the common case: not an event, not an edit
             if op in EVENTS:
+                source.ensure(self.modules, node.target)
                 if node.target not in self.modules:
                     raise TraceError(f"The model has no module '{node.target}' ({describe_line(node.where)}).")
                 self.events.setdefault((node.target, op), []).append(node)
@@ -136,6 +138,7 @@ class Interleaver(Interpreter):
             elif op == "grad":
                 self.pin(node)
             elif op == "skip_module":
+                source.ensure(self.modules, node.target)
                 self.keep.add(node)
                 self.skips.setdefault(node.target, []).append(node)
             elif _is_edit(node):
@@ -145,6 +148,7 @@ class Interleaver(Interpreter):
 
     def install(self) -> None:
         """A forward hook (output) or pre-hook (inputs) on each referenced module."""
+        self.handles.extend(source.activate(self.modules, {*(path for path, _ in self.events), *self.skips}))
         for path, kind in self.events:
             module = self.modules[path]
             if kind == "output":

@@ -105,7 +105,8 @@ class NNsight(Envoy):
 
     def _scan_records(self, args: tuple, kwargs: dict) -> dict:
         """Fake-tensor records of every module's inputs and outputs, cached per input signature."""
-        return self._scans.get(_signature((args, kwargs)), lambda: record_forward(
+        key = (len(self._modules_by_path), _signature((args, kwargs)))  # `.source` points add modules
+        return self._scans.get(key, lambda: record_forward(
             self._modules_by_path, self._execute, args, kwargs, self._fake_mode))
 
 

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..intervention.backend import run_experiment
+from ..intervention.source import ensure
 from ..tracing.graph import Graph
 from ..tracing.node import Node, location
 from ..tracing.patching import originals
@@ -212,6 +213,7 @@ def _module_path(graph: Graph, node: Node, path: Any) -> str:
     model = None if trace is None else trace.meta.get("model")
     if model is None:
         return path if isinstance(path, str) else ""
+    ensure(model._modules_by_path, path)  # a `.source` point: made on the server's own copy
     if not isinstance(path, str) or path not in model._modules_by_path:
         raise WireError(f"node {node.name}: the model has no module {path!r:.80}")
     return path
