@@ -112,7 +112,8 @@ def extra_calls(n: int) -> int:
             model[n // 2].output.save()
 
     trace()  # first use: envoys and caches
-    return count_calls(trace) - count_calls(lambda: module(x))
+    # the least of three counts: a finalizer of an earlier test's object may run inside one of them
+    return min(count_calls(trace) for _ in range(3)) - min(count_calls(lambda: module(x)) for _ in range(3))
 
 
 def test_python_calls_of_a_trace_do_not_grow_with_untouched_modules():
