@@ -46,9 +46,8 @@ def test_peer_column_from_a_subprocess_running_the_same_scenario():
     assert statuses and set(statuses) <= {"met", "not met"}
 
 
+@pytest.mark.skipif(importlib.util.find_spec("nnsight") is not None, reason="nnsight is installed here")
 def test_a_peer_without_its_library_gets_a_reason_not_a_crash():
-    if importlib.util.find_spec("nnsight") is not None:
-        pytest.skip("nnsight is installed here")
     result = run_peer(sys.executable, "tiny", TINY, "")
     assert result["error"].startswith("ModuleNotFoundError")
     table = run.scenario_table("tiny", {"figures": {"forward µs": harness.summary([1000])}}, result)
