@@ -46,6 +46,12 @@ def smol_tokenizer():
     return AutoTokenizer.from_pretrained(smollm2_path())
 
 
+@pytest.fixture(scope="session")
+def tok(smol_tokenizer):
+    """The short name the language-model tests use for the SmolLM2 tokenizer."""
+    return smol_tokenizer
+
+
 def tiny_llama(tokenizer, layers: int):
     """A Llama with random weights, small enough for any test, sharing the tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM, LlamaConfig

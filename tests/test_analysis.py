@@ -16,11 +16,6 @@ PARIS = 7042  # " Paris" in the SmolLM2 tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
-@pytest.fixture(scope="module")
 def hf(tok):
     return tiny_llama(tok, 3)
 

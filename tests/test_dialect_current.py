@@ -8,14 +8,9 @@ import torch
 import nnglass as nnsight
 from nnglass import LanguageModel
 from tests.conftest import tiny_llama
+from tests.modeling.test_standard import PROMPT, run_eager
 
-PROMPT = "The Eiffel Tower is in the city of"
 LAYERS = 3
-
-
-@pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +25,9 @@ def model(hf, tok):
 
 def eager(hf, tok, edits=None):
     """Logits and each layer's hidden states; edits: {layer: fn(hidden) -> hidden} applied by forward hooks."""
-    seen, handles = {}, []
-    for index, layer in enumerate(hf.model.layers):
-        def hook(module, args, out, index=index):
-            hidden = out[0] if isinstance(out, tuple) else out
-            if edits and index in edits:
-                hidden = edits[index](hidden)
-                out = (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-            seen[index] = hidden
-            return out
-        handles.append(layer.register_forward_hook(hook))
-    try:
-        logits = hf(**tok(PROMPT, return_tensors="pt")).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, seen
+    layer = "model.layers.{}".format
+    logits, seen = run_eager(hf, tok, {(layer(i), "output"): fn for i, fn in (edits or {}).items()})
+    return logits, {i: seen[(layer(i), "output")] for i in range(len(hf.model.layers))}
 
 
 def test_saving_gives_real_tensors(model, hf, tok):

@@ -12,11 +12,6 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
-@pytest.fixture(scope="module")
 def hf(tok):
     return tiny_llama(tok, LAYERS)
 

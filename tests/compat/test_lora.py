@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import nnglass as nnsight
 from nnglass.models import smollm2
-from tests.seeds.test_walkthrough_part3 import LORA
+from tests.seeds.test_walkthrough_part3 import train
 
 LR, RANK, DIM = 3, 4, 576
 
@@ -31,26 +30,11 @@ def dataset(llama):
 
 def train_walkthrough(llama):
     """The walkthrough's cells 43-49 as written: the losses, the LoRA, the answer to "Hello"."""
-    module = llama.model.layers[-1].mlp
-    torch.manual_seed(0)
-    with llama.session() as session:
-        lora = LORA(module, DIM, RANK)
-        optimizer = torch.optim.AdamW(lora.parameters(), lr=LR)
-        losses = nnsight.list().save()
-        with session.iter(dataset(llama), return_context=True) as (batch, iterator):
-            prompt = batch[0]
-            with llama.trace(prompt) as tracer:
-                lora()
-                logits = llama.lm_head.output
-                loss = torch.nn.functional.cross_entropy(logits[:, -1], batch[1])
-                loss.backward()
-                losses.append(loss.item())
-            optimizer.step()
-            optimizer.zero_grad()
+    losses, lora = train(llama, lr=LR, dim=DIM, lora_dim=RANK)
     with llama.generate("Hello", max_new_tokens=1) as generator:
         lora()
         answer = llama.generator.output.save()
-    return losses.value, (lora.WA.value, lora.WB.value), llama.tokenizer.batch_decode(answer.value)[0]
+    return losses, (lora.WA.value, lora.WB.value), llama.tokenizer.batch_decode(answer.value)[0]
 
 
 def train_eager(llama):

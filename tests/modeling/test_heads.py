@@ -20,11 +20,6 @@ BLOOM_NAMES = {"embed_tokens": "transformer.word_embeddings", "layers": "transfo
                "self_attn": "self_attention", "ln_final": "transformer.ln_f"}
 
 
-@pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
 def sizes(hf) -> tuple[int, int, int]:
     """(heads, key/value heads, head width) read off the config by hand."""
     config = hf.config

@@ -5,13 +5,12 @@ from typing import Callable
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BloomConfig, Gemma2Config, Gemma3TextConfig,
+from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, Gemma3TextConfig,
                           GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig,
                           Olmo2Config, OPTConfig, Phi3Config, PhiConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config)
 
 from nnglass import LanguageModel, NNsight, Proxy
 from nnglass.modeling.standard import ArchitectureError, StandardizedTransformer
-from nnglass.models import smollm2_path
 
 PROMPT = "The Eiffel Tower is in the city of"
 # Written out by hand from each transformers model, independently of standard.py's table:
@@ -37,11 +36,6 @@ MOE = ("mixtral", "qwen2_moe")
 ARCHS = list(ORIGINAL)
 BLOOM_NAMES = {"embed_tokens": "transformer.word_embeddings", "layers": "transformer.h",
                "self_attn": "self_attention", "ln_final": "transformer.ln_f"}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(smollm2_path())
 
 
 def tiny_config(arch: str, tok, layers: int = 2):

@@ -15,11 +15,6 @@ LAYERS = 8
 
 
 @pytest.fixture(scope="module")
-def tok(smol_tokenizer):
-    return smol_tokenizer
-
-
-@pytest.fixture(scope="module")
 def hf(tok):
     return tiny_llama(tok, LAYERS)
 

@@ -91,20 +91,16 @@ class LORA(nn.Module):
         return [self.WA, self.WB]
 
 
-def test_cells43_49_lora_training(llama):
-    answer = " Paris"
-    answer_token = llama.tokenizer.encode(answer)[0]
-    lora_dim = 4
+def train(llama, lr: float, dim: int = 576, lora_dim: int = 4) -> tuple[list, LORA]:
+    """Cells 43-48: train a LoRA on the last MLP to make "_" continue with " Paris"; the losses and the LoRA."""
+    answer_token = llama.tokenizer.encode(" Paris")[0]
     module = llama.model.layers[-1].mlp
-    with llama.scan(" "):
-        dim = module.output.shape[-1]
-    assert dim == 576
     torch.manual_seed(0)
     with llama.session() as session:
         dataset = [["_", answer_token]] * 100
         dataloader = DataLoader(dataset, batch_size=10)
         lora = LORA(module, dim, lora_dim)
-        optimizer = torch.optim.AdamW(lora.parameters(), lr=0.5)
+        optimizer = torch.optim.AdamW(lora.parameters(), lr=lr)
         losses = nnsight.list().save()
         with session.iter(dataloader, return_context=True) as (batch, iterator):
             prompt = batch[0]
@@ -117,7 +113,16 @@ def test_cells43_49_lora_training(llama):
                 losses.append(loss.item())
             optimizer.step()
             optimizer.zero_grad()
-    assert len(losses.value) == 10 and losses.value[-1] < losses.value[0] / 10
+    return losses.value, lora
+
+
+def test_cells43_49_lora_training(llama):
+    module = llama.model.layers[-1].mlp
+    with llama.scan(" "):
+        dim = module.output.shape[-1]
+    assert dim == 576
+    losses, lora = train(llama, lr=0.5, dim=dim)  # lr 3 as written overshoots on this SmolLM2: tests/compat/test_lora.py
+    assert len(losses) == 10 and losses[-1] < losses[0] / 10
     with llama.generate("Hello", max_new_tokens=1) as generator:
         lora()
         with_lora = llama.generator.output.save()

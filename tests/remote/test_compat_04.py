@@ -3,21 +3,7 @@ import logging
 
 import pytest
 
-from nnglass import CONFIG, NNsight
-from tests.server.serving import hosting, tiny_model
-
-
-@pytest.fixture(scope="module")
-def hosted(tmp_path_factory):
-    with hosting({"tiny": tiny_model()}, tmp_path_factory.mktemp("server")) as served:
-        yield served
-
-
-@pytest.fixture
-def remote_tiny(net, hosted) -> NNsight:
-    model = NNsight(net)
-    model._remote_name = "tiny"
-    return model
+from nnglass import CONFIG
 
 
 def statuses(caplog, level=logging.INFO) -> list[str]:
@@ -25,13 +11,13 @@ def statuses(caplog, level=logging.INFO) -> list[str]:
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
-def test_a_log_inside_session_iter_arrives_once_per_iteration(remote_tiny, x, remote, caplog, capsys):
+def test_a_log_inside_session_iter_arrives_once_per_iteration(tiny, x, remote, caplog, capsys):
     with caplog.at_level(logging.DEBUG, logger="nnglass.remote"):
-        with remote_tiny.session(remote=remote) as session:
+        with tiny.session(remote=remote) as session:
             with session.iter([0, 1, 2], return_context=True) as (item, iterator):
                 session.log("item", item)
                 iterator.log("again", item)
-                with remote_tiny.trace(x) as tracer:
+                with tiny.trace(x) as tracer:
                     tracer.log("trace", item)
     lines = [f"{kind} {i}" for i in range(3) for kind in ("item", "again", "trace")]
     assert capsys.readouterr().out == "".join(line + "\n" for line in lines)
@@ -40,11 +26,11 @@ def test_a_log_inside_session_iter_arrives_once_per_iteration(remote_tiny, x, re
         assert not [s for s in statuses(caplog) if s.startswith("LOG")]
 
 
-def test_remote_logging_off_keeps_only_the_log_text(remote_tiny, x, caplog, capsys):
+def test_remote_logging_off_keeps_only_the_log_text(tiny, x, caplog, capsys):
     CONFIG.APP.REMOTE_LOGGING = False
     try:
         with caplog.at_level(logging.INFO, logger="nnglass.remote"):
-            with remote_tiny.session(remote=True) as session:
+            with tiny.session(remote=True) as session:
                 session.log("hello")
     finally:
         CONFIG.APP.REMOTE_LOGGING = True
@@ -52,14 +38,14 @@ def test_remote_logging_off_keeps_only_the_log_text(remote_tiny, x, caplog, caps
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
-def test_parameters_read_and_edited_remotely_as_locally(remote_tiny, net, x, remote):
+def test_parameters_read_and_edited_remotely_as_locally(tiny, net, x, remote):
     import torch
-    with remote_tiny.trace(x, remote=remote):
-        weight = remote_tiny.layer2.weight.save()
-        remote_tiny.layer1.bias[:] = 0
-        out = remote_tiny.output.save()
+    with tiny.trace(x, remote=remote):
+        weight = tiny.layer2.weight.save()
+        tiny.layer1.bias[:] = 0
+        out = tiny.output.save()
     assert torch.equal(weight, net.layer2.weight)
     assert torch.allclose(out, net.layer2(torch.nn.functional.linear(x, net.layer1.weight)))
-    with remote_tiny.trace(x, remote=remote):  # the edit was undone (on the server too)
-        again = remote_tiny.output.save()
+    with tiny.trace(x, remote=remote):  # the edit was undone (on the server too)
+        again = tiny.output.save()
     assert torch.allclose(again, net(x))
