@@ -156,7 +156,8 @@ class Interleaver(Interpreter):
             else:
                 self.handles.append(module.register_forward_pre_hook(self.inputs_hook(path), with_kwargs=True))
         for path in self.skips:
-            self.handles.append(_Forward(self.modules[path], self.skipping_forward(path)))
+            module = self.modules[path]
+            self.handles.append(source.ForwardSwap(module, self.skipping_forward(path)(module.forward)))
 
     def skipping_forward(self, path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """A forward that, at the calls the graph skips, does not run: the skip's value is its output."""
@@ -380,21 +381,6 @@ class Interleaver(Interpreter):
             self.backward_pass = outer
             self.ready.extend(parked)
             heapq.heapify(self.ready)
-
-
-class _Forward:
-    """A module's forward replaced for one run; `remove()` puts the original back."""
-
-    def __init__(self, module: torch.nn.Module, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-        self.module = module
-        self.own = module.__dict__.get("forward")  # an instance forward (accelerate hooks set one)
-        module.forward = wrap(module.forward)
-
-    def remove(self) -> None:
-        if self.own is None:
-            del self.module.forward
-        else:
-            self.module.forward = self.own
 
 
 def _is_edit(node: Node) -> bool:

@@ -26,7 +26,7 @@ from ..tracing.errors import TraceError
 from ..tracing.local import current
 
 __all__ = ["OperationPoint", "Source", "SourceEnvoy", "rewrite", "source_of", "nested_source", "source_envoy",
-           "ensure", "activate"]
+           "ensure", "activate", "ForwardSwap"]
 
 _ROUTER, _OPS, _FACTORY = "__nnglass_source__", "__nnglass_ops__", "__nnglass_factory__"
 _DEPTH = 8  # the most `.source` levels in one path
@@ -317,12 +317,16 @@ def ensure(modules: dict[str, torch.nn.Module], path: Any) -> None:
         return  # not a point: the caller reports the unknown path
 
 
-class _Restore:
-    """Puts a module's forward back (a handle in the interleaver's list: `.remove()`)."""
+class ForwardSwap:
+    """A module's forward replaced for one run (source points, `.skip()`); `.remove()` puts it back.
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    An instance forward set before (accelerate's hooks set one) is what comes back.
+    """
+
+    def __init__(self, module: torch.nn.Module, forward: Callable) -> None:
         self.module = module
         self.saved = module.__dict__.get("forward")
+        module.forward = forward
 
     def remove(self) -> None:
         if self.saved is None:
@@ -331,14 +335,11 @@ class _Restore:
             self.module.forward = self.saved
 
 
-def activate(modules: dict[str, torch.nn.Module], paths: Any) -> list[_Restore]:
+def activate(modules: dict[str, torch.nn.Module], paths: Any) -> list[ForwardSwap]:
     """Install the rewritten forward on each module that owns a point among paths; handles undo it."""
     roots = {id(m.root): m.root for p in paths if isinstance(m := modules.get(p), OperationPoint)}
-    handles = []
-    for root in roots.values():
-        handles.append(_Restore(root))
-        root.forward = types.MethodType(_decorated(root.__dict__[_KEPT_AS], root), root)
-    return handles
+    return [ForwardSwap(root, types.MethodType(_decorated(root.__dict__[_KEPT_AS], root), root))
+            for root in roots.values()]
 
 
 def _decorated(source: Source, root: torch.nn.Module) -> Callable:

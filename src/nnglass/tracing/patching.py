@@ -75,6 +75,7 @@ def _patches() -> list[tuple[Any, str, Any, Any]]:
     return patches
 
 
+@functools.cache
 def originals() -> dict[Any, Any]:
     """traced function -> the original it stands for (the wire names the original)."""
     return {traced: original for _, _, original, traced in _patches()}
