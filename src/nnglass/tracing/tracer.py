@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
+import torch
+
 from . import compile
 from .errors import TraceError
 from .graph import Graph
@@ -16,6 +18,7 @@ from .walk import leaves, map_leaves
 __all__ = ["Experiment", "Tracer"]
 
 _CONTAINERS = (tuple, list, dict, slice)
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.Tensor})  # never hold a proxy
 
 
 class Experiment:
@@ -142,17 +145,19 @@ class Tracer:
         graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
         nested = False
-        unwrapped = []
-        for arg in args:
-            if type(arg) is Proxy and arg.experiment is experiment and arg.node.graph is graph:
-                arg = arg.node  # the common case, inlined
+        unwrapped = list(args)
+        for position, arg in enumerate(args):
+            kind = type(arg)
+            if kind in _PLAIN:
+                continue
+            if kind is Proxy and arg.experiment is experiment and arg.node.graph is graph:
+                arg = unwrapped[position] = arg.node  # the common case, inlined
                 if arg not in deps:
                     deps.append(arg)
-            elif type(arg) in _CONTAINERS or isinstance(arg, Proxy):
+            elif kind in _CONTAINERS or isinstance(arg, Proxy):
                 before = len(deps)
-                arg = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
+                arg = unwrapped[position] = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
                 nested = nested or (len(deps) > before or type(arg) is not Node and _holds_node(arg))
-            unwrapped.append(arg)
         if kwargs:
             before = len(deps)
             kwargs = map_leaves(kwargs, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
