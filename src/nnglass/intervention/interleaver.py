@@ -343,6 +343,8 @@ class Interleaver(Interpreter):
 
     def restore_parameters(self) -> None:
         """Undo in-place edits of parameters (last edit first)."""
+        if not self.originals:
+            return
         with torch.no_grad():
             for tensor, original in reversed(self.originals):
                 tensor.copy_(original)

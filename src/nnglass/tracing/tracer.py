@@ -1,8 +1,7 @@
 """Tracer: records what the user writes on proxies into graphs; one leak-proof enter and exit."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -13,7 +12,7 @@ from .local import current, stack
 from .node import Node, user_line
 from .patching import install_patches, pause_gc, remove_patches, resume_gc
 from .proxy import Proxy
-from .walk import leaves, map_leaves
+from .walk import map_leaves
 
 __all__ = ["Experiment", "Tracer"]
 
@@ -144,7 +143,7 @@ class Tracer:
         """Record one operation in the open graph; proxies among the arguments become dependencies."""
         graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
-        nested = False
+        inside: list[Node] = []  # nodes found inside containers
         unwrapped = list(args)
         for position, arg in enumerate(args):
             kind = type(arg)
@@ -154,20 +153,27 @@ class Tracer:
                 arg = unwrapped[position] = arg.node  # the common case, inlined
                 if arg not in deps:
                     deps.append(arg)
-            elif kind in _CONTAINERS or isinstance(arg, Proxy):
-                before = len(deps)
-                arg = unwrapped[position] = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
-                nested = nested or (len(deps) > before or type(arg) is not Node and _holds_node(arg))
+            elif kind in _CONTAINERS:
+                unwrapped[position] = map_leaves(arg, lambda v: self._unwrap(v, deps, inside))
+            elif isinstance(arg, Proxy):
+                unwrapped[position] = self.node_of(arg, deps)
         if kwargs:
-            before = len(deps)
-            kwargs = map_leaves(kwargs, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
-            nested = nested or len(deps) > before or _holds_node(kwargs)
+            kwargs = map_leaves(kwargs, lambda v: self._unwrap(v, deps, inside))
         if guarded and self.guard is not None and self.guard not in deps:
             deps.append(self.guard)
-        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, nested, user_line(), self.current_invoke)
+        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, bool(inside), user_line(),
+                                 self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node
+
+    def _unwrap(self, value: Any, deps: list[Node], inside: list[Node]) -> Any:
+        """A leaf inside a container argument: a proxy becomes its node (noted in inside)."""
+        if isinstance(value, Proxy):
+            value = self.node_of(value, deps)
+        if type(value) is Node:
+            inside.append(value)
+        return value
 
     def proxy(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> Proxy:
         """Record one operation and return its proxy."""
@@ -189,17 +195,9 @@ class Tracer:
                 deps.append(anchor)
         return node
 
-    @contextlib.contextmanager
-    def scope(self, **state: Any) -> Iterator[None]:
-        """Set recording state (graph, current_invoke, guard, backward) for the block, then restore it."""
-        before = {name: getattr(self, name) for name in state}
-        for name, value in state.items():
-            setattr(self, name, value)
-        try:
-            yield
-        finally:
-            for name, value in before.items():
-                setattr(self, name, value)
+    def scope(self, **state: Any) -> Scope:
+        """Set recording state (graph, current_invoke, guard, backward) for a block, then restore it."""
+        return Scope(self, state)
 
     def backward_recorded(self, node: Node) -> None:
         """A `backward` node was recorded (subclasses tie earlier gradient reads to it)."""
@@ -207,6 +205,25 @@ class Tracer:
     def open_backward(self, node: Node | None) -> None:
         """Make new `.grad` nodes belong to this backward pass (None: no pass)."""
         self.backward = node
+
+
+class Scope:
+    """`with tracer.scope(name=value):` sets the tracer's attributes for the block and puts them back after."""
+
+    __slots__ = ("tracer", "state", "before")
+
+    def __init__(self, tracer: Tracer, state: dict[str, Any]) -> None:
+        self.tracer, self.state = tracer, state
+
+    def __enter__(self) -> None:
+        tracer = self.tracer
+        self.before = {name: getattr(tracer, name) for name in self.state}
+        for name, value in self.state.items():
+            setattr(tracer, name, value)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, value in self.before.items():
+            setattr(self.tracer, name, value)
 
 
 def link(node: Node, graph: Graph) -> Node | None:
@@ -229,6 +246,3 @@ def link(node: Node, graph: Graph) -> Node | None:
     common.depend(readers[-1].owner, anchor)
     return None
 
-
-def _holds_node(value: Any) -> bool:
-    return any(type(leaf) is Node for leaf in leaves(value))
