@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .remote.schema import ModelInfo
 
 DEFAULT_DB = "nnglass.db"
 
@@ -147,7 +150,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figures(model: Any) -> str:
+def _figures(model: ModelInfo) -> str:
     """A ModelInfo's job figures as `nnglass status` prints them after its queue ('' from an older server)."""
     if model.running is None:
         return ""
