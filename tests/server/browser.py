@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import quote
 
 import httpx
 from websockets.sync.client import ClientConnection, connect
@@ -77,10 +76,11 @@ class Browser:
 
     def open(self, url: str) -> Page:
         """A new tab showing url, once its document has loaded."""
-        target = httpx.put(f"http://127.0.0.1:{self.port}/json/new?{quote(url, safe=':/?=&')}").json()
+        target = httpx.put(f"http://127.0.0.1:{self.port}/json/new?about:blank").json()
         page = Page(self.sockets.enter_context(connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=10)))
         page.call("Runtime.enable")
-        page.wait_for("document.readyState === 'complete'")
+        page.call("Page.navigate", url=url)  # answers once the new document is committed
+        page.wait_for("location.href !== 'about:blank' && document.readyState === 'complete'")
         return page
 
 

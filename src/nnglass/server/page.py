@@ -14,13 +14,13 @@ __all__ = ["render"]
 
 # the live figures: ModelInfo field, column heading, how it is shown (the same rule as `shown` in _SCRIPT)
 FIGURES = (("waiting", "waiting", "count"), ("running", "running", "count"), ("running_s", "running for", "seconds"),
-           ("completed_1m", "done in the last minute", "count"), ("per_minute", "jobs/min (5 min)", "rate"),
+           ("completed_1m", "done, last min", "count"), ("per_minute", "jobs/min", "rate"),
            ("mean_s", "mean job time", "seconds"))
 REFRESH_MS = 1000
 
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
           "table{border-collapse:collapse}th,td{padding:.35rem .9rem;border-bottom:1px solid #ddd;text-align:left}"
-          "td.n{text-align:right;font-variant-numeric:tabular-nums}#live{color:#777;font-size:.9em}")
+          "th{white-space:nowrap}.n{text-align:right;font-variant-numeric:tabular-nums}.note{color:#777;font-size:.9em}")
 
 _SCRIPT = """
 const live = document.getElementById("live");
@@ -51,13 +51,14 @@ setInterval(refresh, REFRESH_MS);
 
 def render(status: ServerStatus) -> str:
     """The status page for `status`."""
-    headings = "".join(f"<th>{escape(heading)}</th>" for _, heading, _ in FIGURES)
+    headings = "".join(f"<th class=n>{escape(heading)}</th>" for _, heading, _ in FIGURES)
     rows = "".join(_row(model) for model in status.models) or f"<tr><td colspan={3 + len(FIGURES)}>no models</td></tr>"
     return (f"<!doctype html><html><head><meta charset=utf-8><title>nnglass server</title>"
             f"<style>{_STYLE}</style></head><body><h1>nnglass server</h1>"
             f"<p>nnglass {escape(status.nnglass)} &middot; JSON at <a href=\"/status\">/status</a></p>"
-            f"<table><tr><th>model</th><th>architecture</th><th>parameters</th>{headings}</tr>{rows}</table>"
-            f"<p id=live>figures as of loading the page</p><script>{_SCRIPT}</script></body></html>")
+            f"<table><tr><th>model</th><th>architecture</th><th class=n>parameters</th>{headings}</tr>{rows}</table>"
+            f"<p class=note>jobs/min and mean job time: over the last five minutes &middot; "
+            f"<span id=live>figures as of loading the page</span></p><script>{_SCRIPT}</script></body></html>")
 
 
 def _row(model: ModelInfo) -> str:
