@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .remote.schema import ModelInfo
 
 DEFAULT_DB = "nnglass.db"
 
@@ -143,8 +146,18 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{host}: nnglass {status.nnglass}, {len(status.models)} model(s)")
     for model in status.models:
         print(f"  {model.name:<32} {model.architecture:<24} {model.parameters:>15,} parameters  "
-              f"queue {model.queue}")
+              f"queue {model.queue}{_figures(model)}")
     return 0
+
+
+def _figures(model: ModelInfo) -> str:
+    """A ModelInfo's job figures as `nnglass status` prints them after its queue ('' from an older server)."""
+    if model.running is None:
+        return ""
+    running = f"{model.running} running" + (f" (for {model.running_s:.1f} s)" if model.running_s is not None else "")
+    mean = f", mean {model.mean_s:.2f} s" if model.mean_s is not None else ""
+    return (f" ({model.waiting} waiting, {running}); {model.completed_1m} done in the last minute, "
+            f"{model.per_minute:.1f}/min over 5 min{mean}")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from nnglass import LanguageModel
-from nnglass.cli import main
+from nnglass.cli import _figures, main
+from nnglass.remote.schema import ModelInfo
 from nnglass.models import smollm2_path
 from nnglass.server import KeyStore
 from tests.server.serving import hosting, tiny_model
@@ -45,6 +46,11 @@ def test_status_prints_the_hosted_models(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{served.url}: nnglass 0.1.0, 1 model(s)" and out[1].split()[:3] == ["tiny", "Sequential", "82"]
     assert out[2:] == out[:2]
+
+
+def test_status_of_an_older_server_prints_the_queue_only():
+    older = ModelInfo.model_validate({"name": "tiny", "architecture": "Net", "parameters": 3, "queue": 2})
+    assert _figures(older) == ""
 
 
 @pytest.fixture(scope="module")

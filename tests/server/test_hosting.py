@@ -37,9 +37,11 @@ def recorded(model, x):
 
 def test_status_lists_the_hosted_models(hosted):
     status = httpx.get(f"{hosted.url}/status").json()
+    idle = {"queue": 0, "waiting": 0, "running": 0, "running_s": None, "completed_1m": 0, "per_minute": 0.0,
+            "mean_s": None}  # the first test of the module: no job ran yet
     assert status["models"] == [
-        {"name": "tiny", "architecture": "Sequential", "parameters": 82, "queue": 0},
-        {"name": "tiny2", "architecture": "Sequential", "parameters": 82, "queue": 0}]
+        {"name": "tiny", "architecture": "Sequential", "parameters": 82, **idle},
+        {"name": "tiny2", "architecture": "Sequential", "parameters": 82, **idle}]
     page = httpx.get(f"{hosted.url}/")
     assert page.headers["content-type"].startswith("text/html")
     assert "<td>tiny2</td><td>Sequential</td><td class=n>82</td>" in page.text

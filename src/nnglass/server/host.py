@@ -87,11 +87,17 @@ class Host:
         return spec
 
     def status(self) -> ServerStatus:
-        """The hosted models with their size and queue length."""
-        return ServerStatus(nnglass=__version__, models=[
-            ModelInfo(name=public_name(name), architecture=type(model._model).__name__, parameters=self.sizes[name],
-                      queue=len(self.workers[name]))
-            for name, model in self.models.items()])
+        """The hosted models with their size, queue, running jobs and recent throughput."""
+        return ServerStatus(nnglass=__version__, models=[self._info(name) for name in self.models])
+
+    def _info(self, name: str) -> ModelInfo:
+        """One hosted model as `/status` lists it."""
+        worker = self.workers[name]
+        figures = worker.stats.figures()
+        queue = len(worker)  # a job that ends in between is in the figures, not in the queue: hence max(..., 0)
+        return ModelInfo(name=public_name(name), architecture=type(self.models[name]._model).__name__,
+                         parameters=self.sizes[name], queue=queue, waiting=max(queue - figures.running, 0),
+                         **dataclasses.asdict(figures))
 
     def close(self) -> None:
         """Finish the queued jobs and stop the workers."""

@@ -16,6 +16,7 @@ from .integrity import Pristine
 from .isolation import run_forked
 from .jobs import JobRecord
 from .limits import Limits
+from .stats import JobStats
 
 __all__ = ["JobTimeout", "ModelWorker"]
 
@@ -37,6 +38,7 @@ class ModelWorker:
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
         self.running: Optional[JobRecord] = None
+        self.stats = JobStats()       # jobs running now, recent throughput (the status page)
         self.thread = threading.Thread(target=self._loop, name=f"nnglass-worker-{name}", daemon=True)
         self.thread.start()
 
@@ -73,7 +75,8 @@ class ModelWorker:
             try:
                 with self._models_of(record):
                     record.post(JobStatus.RUNNING, "Your job has started running.")
-                    _Run(record, self.limits, self.held).start_and_wait()
+                    with self.stats.running():
+                        _Run(record, self.limits, self.held).start_and_wait()
                     for name in sorted(record.models) if not self.limits.isolate else ():
                         self.pristine[name].restore()
             finally:
