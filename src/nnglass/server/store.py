@@ -10,10 +10,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine,
-                        delete, insert, select, update)
+                        delete, event, insert, select, update)
 from sqlalchemy.engine import make_url
 
 from ..remote.schema import JobStatus, StatusMessage
@@ -39,7 +39,7 @@ _jobs = Table(
 _statuses = Table(
     "job_statuses", _metadata,
     Column("job", String(36), primary_key=True),
-    Column("number", Integer, primary_key=True),             # its place among the job's statuses, from 0
+    Column("number", Integer, primary_key=True, autoincrement=False),  # its place among the job's statuses, from 0
     Column("message", Text, nullable=False),                 # the StatusMessage as JSON
 )
 
@@ -58,6 +58,15 @@ class StoredJob:
     downloaded: bool
 
 
+def _quick_commits(connection: Any, _: Any) -> None:
+    """SQLite: a write-ahead log, synced at checkpoints rather than at every commit (each status is a commit, and a
+    job may log a thousand lines); a power cut may lose the last statuses, and never leaves a broken database."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def default_data_folder(url: str) -> Path:
     """Where request bodies and results go by default: next to a SQLite file (`<name>-jobs`), else a temp folder."""
     parsed = make_url(database_url(url))
@@ -72,6 +81,8 @@ class Store:
 
     def __init__(self, url: str, folder: Optional[os.PathLike] = None) -> None:
         self.engine = create_engine(database_url(url))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _quick_commits)
         _metadata.create_all(self.engine)
         self.folder = Path(folder) if folder is not None else default_data_folder(url)
         for part in ("requests", "results"):
