@@ -18,6 +18,8 @@ from ..config import CONFIG
 from . import redact, serialize
 from .schema import API_KEY_HEADER, JobStatus, StatusMessage
 
+__all__ = ["RemoteError", "RemoteBackend", "JobHandle", "Connection", "execute_remote", "job"]
+
 logger = logging.getLogger("nnglass.remote")
 redact.install()  # API keys stay out of the websockets library's header logging
 _FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s"
