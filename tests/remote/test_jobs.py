@@ -45,6 +45,8 @@ def test_a_session_with_a_compiled_body_sends_its_variable_names(hosted, tiny, n
             second = tiny.output.save()
         both = {"first": first, "pair": [first, second]}
         print("sum", second.sum())  # a print of a proxy: the block runs compiled
+    with pytest.raises(ValueError, match=r"call session.job.result\(\)"):
+        second.value
     values = session.job.result()
     assert set(values) == {"first", "second", "both"}
     assert torch.equal(values["both"]["pair"][1], net(x * 2)) and torch.equal(values["first"], net.layer1(x))

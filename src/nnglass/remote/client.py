@@ -56,9 +56,10 @@ def execute_remote(context: Any, *, host: Optional[str] = None, api_key: Optiona
     if blocking:
         job.result()
     else:
+        block = "tracer" if context.kind == "trace" else context.kind
         context.experiment.pending = (f"This value is computed by the remote job {job.id}, which ran with "
-                                      "blocking=False: call tracer.job.result() to wait for it and fill the "
-                                      "saved values (tracer.job.status() says where the job stands).")
+                                      f"blocking=False: call {block}.job.result() to wait for it and fill the "
+                                      f"saved values ({block}.job.status() says where the job stands).")
     return job
 
 
