@@ -165,7 +165,8 @@ def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _after(value: Any, before: Any) -> Any:
     """A variable's value after a compiled block: real values; a saved proxy whose node never ran (its
-    `if` did not hold, the model stopped first) gives back the value the variable had before the block."""
+    `if` did not hold, the model stopped first) gives back the value the variable had before the block; the
+    proxies of a run that did not block (`blocking=False`) stay, to be filled when its result is in."""
     real = _real(value)
     if (real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building
             and value.experiment.pending is None):
