@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     _db_option(serve)
+    serve.add_argument("--data", metavar="DIR", help="folder for request bodies and results "
+                                                     "(default: <db name>-jobs next to a SQLite --db)")
     serve.add_argument("--max-request-mb", type=float, default=256, help="largest request (default: %(default)s)")
     serve.add_argument("--max-nodes", type=int, default=100_000, help="most graph nodes per request")
     serve.add_argument("--job-timeout", type=float, default=600, help="seconds a job may run (default: %(default)s)")
@@ -87,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)
-    uvicorn.run(create_app(models, args.db, limits), host=args.host, port=args.port)
+    uvicorn.run(create_app(models, args.db, limits, args.data), host=args.host, port=args.port)
     return 0
 
 

@@ -75,7 +75,8 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", "serve", "--model", checkpoint,
-                                "--port", str(port), "--db", db], env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                                "--port", str(port), "--db", db, "--data", str(tmp_path / "jobs")],
+                               env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -99,6 +100,7 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
 
         remote, local = run(True), run(False)
         assert all(torch.equal(a, b) for a, b in zip(remote, local))
+        assert sorted(path.name for path in (tmp_path / "jobs").iterdir()) == ["requests", "results"]
     finally:
         process.terminate()
         process.wait(30)

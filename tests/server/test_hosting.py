@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from nnglass.intervention.trace import Trace as Tracer
+from nnglass import remote
 from nnglass.remote import serialize
 from nnglass.remote.client import execute_remote
+from nnglass.remote.schema import JobStatus
 from nnglass.server import BackgroundServer
 from tests.server.serving import hosting, tiny_model
 
@@ -74,6 +76,10 @@ def test_queued_jobs_learn_their_position(hosted, x):
     for position, job in enumerate(jobs):
         statuses = httpx.get(f"{hosted.url}/jobs/{job}/status", params={"wait": 0}, headers=key).json()
         assert statuses[1]["status"] == "QUEUED" and statuses[1]["position"] == position
+    ended = [remote.job(job).wait().status for job in jobs]  # the first ran while the others waited
+    positions = [[s["position"] for s in httpx.get(f"{hosted.url}/jobs/{job}/status", headers=key).json()
+                  if s["status"] == "QUEUED"] for job in jobs]
+    assert ended == [JobStatus.COMPLETED] * 3 and positions == [[0], [1], [2, 1]]  # the last moved up when the second started
 
 
 def test_polling_when_the_server_has_no_websockets(hosted, net, x, caplog):

@@ -126,6 +126,7 @@ class RequestSpec(_Wire):
     graphs: list[GraphSpec] = Field(min_length=1)
     inputs: Any = None
     tensors: str = ""
+    names: dict[str, Any] = {}  # the client's variable names of saved values, returned with the result
 
     def traced_models(self) -> set[str]:
         """The model names that the request's traces run on (its own queue's model included)."""

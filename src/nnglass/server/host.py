@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import HTTPException
 from pydantic import ValidationError
@@ -18,8 +18,9 @@ from ..remote.allowlist import WireError
 from ..remote.schema import JobStatus, ModelInfo, RequestSpec, ServerStatus, SubmitResponse
 from .audit import audit
 from .integrity import Pristine
-from .jobs import JobRecord, JobStore
+from .jobs import JobStore
 from .limits import Limits
+from .store import Store
 from .workers import ModelWorker
 
 __all__ = ["Host"]
@@ -28,23 +29,31 @@ __all__ = ["Host"]
 class Host:
     """Hosted models by name, one worker each, and the jobs sent to them."""
 
-    def __init__(self, models: dict[str, Any], limits: Limits) -> None:
+    def __init__(self, models: dict[str, Any], limits: Limits, store: Optional[Store] = None) -> None:
         for model in models.values():
             if isinstance(model, LanguageModel):
                 model.dispatch()  # load the weights once, before the first job
         self.models = dict(models)
         self.limits = limits = dataclasses.replace(limits, isolate=_isolate(limits, self.models))
-        self.jobs = JobStore(limits.result_ttl_s)
+        self.jobs = JobStore(limits.result_ttl_s, store)
         locks = {name: threading.Lock() for name in self.models}
         # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
         pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
         self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
+        self._resume()
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:
         """Check a request, decode it, and queue it for its model; HTTPException says what is wrong."""
         data = _json(body, self.limits.max_depth)
         spec = self._checked(data)
+        record = self.jobs.new(owner, spec.model, spec.traced_models(), self._decoded(data), body)
+        record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
+        self.workers[spec.model].submit(record)
+        return SubmitResponse(job_id=record.id, model=spec.model)
+
+    def _decoded(self, data: Any) -> serialize.Job:
+        """The request decoded and audited, ready to run; HTTPException says what is wrong."""
         try:
             request = serialize.Job(data, self.models.__getitem__)
             audit(request, self.limits)
@@ -54,11 +63,23 @@ class Host:
             raise HTTPException(400, str(error)) from error
         except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
             raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
-        record = JobRecord(owner, spec.model, spec.traced_models(), request)
-        self.jobs.add(record)
-        record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
-        self.workers[spec.model].submit(record)
-        return SubmitResponse(job_id=record.id, model=spec.model)
+        return request
+
+    def _resume(self) -> None:
+        """Queue again, in their order, the jobs a previous run of the server left waiting."""
+        for record in self.jobs.reload():
+            try:
+                body = self.jobs.store.request(record.id)
+                if body is None:
+                    raise HTTPException(500, "its request was not found in the server's data folder")
+                data = _json(body, self.limits.max_depth)
+                self._checked(data)
+                record.request = self._decoded(data)
+            except HTTPException as error:
+                record.post(JobStatus.ERROR, f"The server restarted while this job waited and could not queue it "
+                                             f"again: {error.detail}", error="ServerRestarted")
+                continue
+            self.workers[record.model].submit(record)
 
     def _checked(self, data: Any) -> RequestSpec:
         """The request's shape, size and models, checked before anything is decoded."""

@@ -49,11 +49,14 @@ class ModelWorker:
     def submit(self, record: JobRecord) -> None:
         """Queue a job and tell its owner how many jobs run before it."""
         with self.ready:
-            ahead = len(self)
-            record.post(JobStatus.QUEUED, f"Your job is in the queue of {self.name}; {ahead} job(s) before it.",
-                        position=ahead)
+            self._queued(record, len(self))
             self.queue.append(record)
             self.ready.notify()
+
+    def _queued(self, record: JobRecord, ahead: int) -> None:
+        """Tell a job's owner its place in the queue."""
+        record.post(JobStatus.QUEUED, f"Your job is in the queue of {self.name}; {ahead} job(s) before it.",
+                    position=ahead)
 
     def close(self) -> None:
         """Let the thread finish the queued jobs and stop."""
@@ -67,11 +70,14 @@ class ModelWorker:
         with self.ready:
             while not self.queue:
                 self.ready.wait()
-            return self.queue.popleft()
+            record = self.running = self.queue.popleft()
+            for ahead, waiting in enumerate(self.queue, start=1):  # each moved up by one (the popped job runs)
+                if waiting is not None:
+                    self._queued(waiting, ahead)
+            return record
 
     def _loop(self) -> None:
         while (record := self._next()) is not None:
-            self.running = record
             try:
                 with self._models_of(record):
                     record.post(JobStatus.RUNNING, "Your job has started running.")

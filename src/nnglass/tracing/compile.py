@@ -54,7 +54,7 @@ from .proxy import Proxy
 from .rewrite import BODY, Unsupported, compile_body, stored, walk_scope
 from .runtime import UNSET, Runtime
 
-__all__ = ["enter", "exit", "save"]
+__all__ = ["enter", "exit", "save", "variables"]
 
 _local = threading.local()
 
@@ -67,6 +67,7 @@ class _Opened:
     frame: FrameType | None
     block: Block | None
     pending: list = field(default_factory=list)
+    values: dict | None = None  # a compiled body's variables at its end (the frame has them only later)
 
 
 def _opened() -> list[_Opened]:
@@ -121,10 +122,23 @@ def save(value: Any) -> Any:
     return value
 
 
+def variables(context: Any) -> dict[str, Any]:
+    """The variables that the with-block of `context` refers to, as they are at its end (while it closes)."""
+    opened = next((o for o in reversed(_opened()) if o.context is context), None)
+    if opened is None or opened.frame is None:
+        return {}
+    if opened.values is not None:
+        return dict(opened.values)
+    namespace = frames.read(opened.frame)
+    names = opened.block.names if opened.block is not None else namespace
+    return {name: namespace[name] for name in names if name in namespace}
+
+
 def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
     """Run the compiled body, then close the context with its outcome; write the variables back."""
     try:
         before, values = _call_body(opened)
+        opened.values = values
         _mark_saved(opened.pending)
     except BaseException as exc:
         close(type(exc), exc, exc.__traceback__)
@@ -150,9 +164,11 @@ def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _after(value: Any, before: Any) -> Any:
     """A variable's value after a compiled block: real values; a saved proxy whose node never ran (its
-    `if` did not hold, the model stopped first) gives back the value the variable had before the block."""
+    `if` did not hold, the model stopped first) gives back the value the variable had before the block; the
+    proxies of a run that did not block (`blocking=False`) stay, to be filled when its result is in."""
     real = _real(value)
-    if real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building:
+    if (real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building
+            and value.experiment.pending is None):
         try:
             value.value
         except ValueError:

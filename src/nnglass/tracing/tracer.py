@@ -24,10 +24,11 @@ class Experiment:
     """The graphs of one outermost `with` block (a trace, or a session with its traces and loops).
 
     `building` is True while the block records; `results` holds the saved values once it ran;
-    `recorder` is the innermost open recorder (where operations on this experiment's proxies go).
+    `recorder` is the innermost open recorder (where operations on this experiment's proxies go);
+    `pending` says where the values are while a run that did not block has not delivered them.
     """
 
-    __slots__ = ("graphs", "building", "results", "recorder", "owners")
+    __slots__ = ("graphs", "building", "results", "recorder", "owners", "pending")
 
     def __init__(self) -> None:
         self.graphs: list[Graph] = []
@@ -35,6 +36,7 @@ class Experiment:
         self.building = True
         self.results: dict[Node, Any] = {}
         self.recorder: Any = None
+        self.pending: str | None = None
 
     def new_graph(self, parent: Graph | None, kind: str, meta: dict | None = None) -> Graph:
         """A graph of this experiment, referenced by its id (its position in `graphs`)."""
@@ -61,6 +63,7 @@ class Tracer:
         self.guard: Node | None = None
         self.backward: Node | None = None
         self.checker: Callable[[Node], Any] | None = None  # runs each new node on fake values (validate)
+        self.job: Any = None  # a run that does not block (remote, blocking=False): its job handle
         self._entered = False
 
     # -- the context ----------------------------------------------------------------------------
