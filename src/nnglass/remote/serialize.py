@@ -91,6 +91,7 @@ class Job:
 
     def __init__(self, data: dict, models: Callable[[str], Any]) -> None:
         check_version(data)
+        self.data = data  # the request as it came (what batching merges with other jobs' requests)
         self.models = models
         self.decode = Decoder(data.get("tensors", ""), ref=self._node)
         self.graphs: list[Graph] = []
