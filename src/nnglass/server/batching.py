@@ -44,15 +44,15 @@ def shares_forward(data: dict) -> bool:
     module skip, attribute write, module call that fires the module's hooks, or random draw.
     """
     root, loops = data["graphs"][0], data["graphs"][1:]
-    meta = root["meta"]
+    meta = root.get("meta") or {}
     if root["kind"] != "trace" or meta.get("model") != data["model"] or meta.get("method") != "forward":
         return False
     if any(graph["kind"] != "loop" for graph in loops) or _has_tag(meta.get("call_kwargs"), "$tensor", "$node"):
         return False
     invokes = [node for node in root["nodes"] if node["op"] == "invoke"]
-    if [node["target"] for node in invokes] != list(range(len(invokes))) or not invokes:
+    if [node.get("target") for node in invokes] != list(range(len(invokes))) or not invokes:
         return False
-    if any(node["invoke"] is not None or _has_tag(node["args"], "$node") for node in invokes):
+    if any(node.get("invoke") is not None or _has_tag(node["args"], "$node") for node in invokes):
         return False
     return all(_confined(node, len(invokes)) for graph in data["graphs"] for node in graph["nodes"]
                if node["op"] != "invoke")
@@ -60,11 +60,12 @@ def shares_forward(data: dict) -> bool:
 
 def _confined(node: dict, invokes: int) -> bool:
     """Whether one node (not an invoke) acts on its own invoke's rows only."""
-    if node["op"] not in _CONFINED_OPS or not (type(node["invoke"]) is int and 0 <= node["invoke"] < invokes):
+    invoke = node.get("invoke")
+    if node["op"] not in _CONFINED_OPS or not (type(invoke) is int and 0 <= invoke < invokes):
         return False
     if node["op"] == "call_module":
         return all(pair[0] != "hook" for pair in node["kwargs"].get("$dict", ()))
-    return not (node["op"] in ("call_function", "call_method") and _RANDOM.search(str(node["target"])))
+    return not (node["op"] in ("call_function", "call_method") and _RANDOM.search(str(node.get("target"))))
 
 
 def group_key(job: Any) -> Optional[Hashable]:
@@ -166,7 +167,7 @@ class _Move:
         shift = self.part.nodes if g == 0 else 0
         node = {**spec, "args": self.value(spec["args"]), "kwargs": self.value(spec["kwargs"]),
                 "deps": [d + shift for d in spec["deps"]]}
-        if spec["invoke"] is not None:
+        if spec.get("invoke") is not None:
             node["invoke"] = spec["invoke"] + self.invokes
         if spec["op"] == "invoke":
             node["target"] = spec["target"] + self.invokes
