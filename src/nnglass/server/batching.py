@@ -171,7 +171,7 @@ class _Move:
             node["invoke"] = spec["invoke"] + self.invokes
         if spec["op"] == "invoke":
             node["target"] = spec["target"] + self.invokes
-        elif spec["op"] in ("iter", "trace"):
+        elif spec["op"] == "iter":  # a loop: its body's graph id
             node["target"] = self.graph_id(spec["target"])
         return node
 

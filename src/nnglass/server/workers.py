@@ -90,19 +90,21 @@ class ModelWorker:
 
     def _run(self, group: list[JobRecord]) -> None:
         """Run the group's jobs as one forward; if that fails (or it is one job), each job alone."""
-        if len(group) > 1:
-            self.runs += 1
-            try:
-                merged = Group(group, self.limits, self.held)
-            except Exception:  # requests that do not merge after all (never seen): each runs alone
-                merged = None
-            if merged is not None:
-                _Run(merged, merged.run_limits, self.held).start_and_wait()  # type: ignore[arg-type]
-                if not merged.failed:
-                    return
+        if len(group) > 1 and self._shared(group):
+            return
         for record in group:
             self.runs += 1
             _Run(record, self.limits, self.held).start_and_wait()
+
+    def _shared(self, group: list[JobRecord]) -> bool:
+        """Run the group as one merged request; whether each of its jobs ended that way."""
+        try:
+            merged = Group(group, self.limits, self.held)
+        except Exception:  # requests that do not merge after all (a bug, never a user's): each runs alone
+            return False
+        self.runs += 1
+        _Run(merged, merged.run_limits, self.held).start_and_wait()  # type: ignore[arg-type]
+        return not merged.failed
 
     def _group(self, first: JobRecord) -> list[JobRecord]:
         """first, and the queued jobs that may share its forward (waiting up to the batch window for more)."""
