@@ -234,6 +234,24 @@ def test_sessions_generation_and_whole_batch_reads_run_alone(host, tok):
     assert not shares_forward(generated)
 
 
+def test_greedy_generation_of_a_fixed_length_shares_a_forward(host):
+    llama = host.models["llama"]
+
+    def read(model) -> None:
+        model.model.layers[1].output[:, -1] = 0.5
+        model.lm_head.output.save()
+        model.generator.output.save()
+
+    requests = [recorded(llama, "llama", [prompt(seed, 3)], read, "generate", max_new_tokens=3, min_new_tokens=3)
+                for seed in range(3)]
+    shorter = recorded(llama, "llama", [prompt(0, 3)], read, "generate", max_new_tokens=2, min_new_tokens=2)
+    assert key(host, shorter) is not None and key(host, shorter) != key(host, requests[0])
+    records, runs = submitted(host, "llama", requests)
+    assert runs == 1
+    for record, data in zip(records, requests):
+        assert_identical(result_of(record), alone(host, data))
+
+
 def test_different_lengths_or_run_keywords_do_not_share_a_forward(host):
     llama = host.models["llama"]
     save = lambda m: m.lm_head.output.save()  # noqa: E731

@@ -33,21 +33,25 @@ _RANDOM = re.compile(r"rand|normal|bernoulli|multinomial|dropout|seed|uniform|ex
                      r"|poisson")
 
 
-def shares_forward(data: dict) -> bool:
+def shares_forward(data: dict, greedy: bool = True) -> bool:
     """Whether a request may run in one forward with other jobs' requests, its rows its own.
 
-    Yes only for a lone `forward` trace on the model it queues for (loop bodies allowed, no session, no
-    nested trace, no generation: the rows of a batch stop generating together) whose invokes are numbered
-    0, 1, ... in order and take inputs written in the request, whose run keywords hold no tensors, and
+    Yes only for a lone trace on the model it queues for (loop bodies allowed, no session, no nested
+    trace) that runs `forward`, or `generate` for a fixed number of new tokens without sampling (only
+    `max_new_tokens` equal to `min_new_tokens`, maybe `do_sample=False`; `greedy`: whether the model's
+    own generation settings are one beam, no sampling) since the rows of a batch stop generating
+    together; whose invokes are numbered
+    0, 1, ... in order and take inputs written in the request; whose run keywords hold no tensors; and
     whose every other node lies inside one of its invokes (none reads or edits the whole batch) with an op
     of `_CONFINED_OPS`: no early stop, exit, log line, backward pass, gradient, parameter read or edit,
     module skip, attribute write, module call that fires the module's hooks, or random draw.
     """
     root, loops = data["graphs"][0], data["graphs"][1:]
     meta = root.get("meta") or {}
-    if root["kind"] != "trace" or meta.get("model") != data["model"] or meta.get("method") != "forward":
+    if root["kind"] != "trace" or meta.get("model") != data["model"] or any(g["kind"] != "loop" for g in loops):
         return False
-    if any(graph["kind"] != "loop" for graph in loops) or _has_tag(meta.get("call_kwargs"), "$tensor", "$node"):
+    keywords = meta.get("call_kwargs")
+    if _has_tag(keywords, "$tensor", "$node") or not _same_steps(meta.get("method"), keywords, greedy):
         return False
     invokes = [node for node in root["nodes"] if node["op"] == "invoke"]
     if [node.get("target") for node in invokes] != list(range(len(invokes))) or not invokes:
@@ -56,6 +60,19 @@ def shares_forward(data: dict) -> bool:
         return False
     return all(_confined(node, len(invokes)) for graph in data["graphs"] for node in graph["nodes"]
                if node["op"] != "invoke")
+
+
+def _same_steps(method: Any, keywords: Any, greedy: bool) -> bool:
+    """Whether the run takes the same steps for every row: a forward, or a fixed-length greedy generation."""
+    if method == "forward":
+        return True
+    pairs = keywords.get("$dict") if method == "generate" and isinstance(keywords, dict) and greedy else None
+    if not pairs or not all(isinstance(pair[0], str) for pair in pairs):
+        return False
+    given = {name: value for name, value in pairs}
+    steps = given.get("max_new_tokens")
+    return (set(given) <= {"max_new_tokens", "min_new_tokens", "do_sample"} and type(steps) is int
+            and given.get("min_new_tokens") == steps and given.get("do_sample", False) is False)
 
 
 def _confined(node: dict, invokes: int) -> bool:
@@ -74,15 +91,23 @@ def group_key(job: Any) -> Optional[Hashable]:
     Inputs must have the same shape beyond the batch dimension: left padding to a longer prompt changes
     the last bits of a shorter one's values (attention sums over the padded keys), so it never happens.
     """
-    data = job.data
-    if not shares_forward(data):
+    data, root = job.data, job.graphs[0]
+    model = root.meta.get("model")
+    if not shares_forward(data, _greedy(model)):
         return None
-    root = job.graphs[0]
     try:
-        shapes = _input_shapes(root.meta["model"], [node.args for node in root.nodes if node.op == "invoke"])
+        shapes = _input_shapes(model, [node.args for node in root.nodes if node.op == "invoke"])
     except Exception:  # inputs the model refuses: the job runs alone and gets its own error
         return None
-    return data["model"], json.dumps(data["graphs"][0]["meta"].get("call_kwargs")), shapes
+    meta = data["graphs"][0]["meta"]
+    return data["model"], meta.get("method"), json.dumps(meta.get("call_kwargs")), shapes
+
+
+def _greedy(model: Any) -> bool:
+    """Whether the model generates greedily unless told otherwise: one beam, one sequence, no sampling."""
+    config = getattr(getattr(model, "_model", None), "generation_config", None)
+    return (not getattr(config, "do_sample", False) and (getattr(config, "num_beams", 1) or 1) == 1
+            and (getattr(config, "num_return_sequences", 1) or 1) == 1)
 
 
 def _input_shapes(model: Any, inputs: list[tuple]) -> str:
