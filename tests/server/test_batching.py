@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import nnglass
 from nnglass import LanguageModel, Session
 from nnglass.intervention.trace import Trace as Tracer
 from nnglass.remote import serialize
@@ -45,8 +46,8 @@ def recorded(model, name: str, invokes: list, program, method: str = "forward", 
     """The request of a trace with one invoke per input, each running `program(model)` (as the client sends it)."""
     tracer = Tracer(model, (), {}, run=False, method=method, call_kwargs=call)
     with tracer:
-        for given in invokes:
-            with tracer.invoke(given):
+        for inputs in invokes:
+            with tracer.invoke(inputs):
                 program(model)
     return {**json.loads(json.dumps(serialize.request(tracer))), "model": name}
 
@@ -177,12 +178,6 @@ def test_compatible_jobs_have_one_key(host):
     assert key(host, recorded(tiny_model(), "tiny", [torch.rand(1, 5)], read_layer1)) == key(host, first)
 
 
-def whole_batch(tracer, model) -> None:
-    with tracer.invoke(torch.rand(1, 5)):
-        read_layer1(model)
-    model.layer2.output.save()  # outside the invokes: the whole batch
-
-
 @pytest.mark.parametrize("program", ["stop", "grad", "log", "random", "parameter", "skip"])
 def test_jobs_with_effects_beyond_their_rows_run_alone(host, program):
     def act(model):
@@ -194,7 +189,7 @@ def test_jobs_with_effects_beyond_their_rows_run_alone(host, program):
             with model.output.sum().backward():
                 pass
         elif program == "log":
-            nnglass_log(hidden)
+            nnglass.log(hidden)
         elif program == "random":
             (hidden + torch.rand(1)).save()
         elif program == "parameter":
@@ -213,12 +208,7 @@ class Unrun:
         pass
 
 
-def nnglass_log(value) -> None:
-    import nnglass
-    nnglass.log(value)
-
-
-def test_sessions_generation_and_whole_batch_reads_run_alone(host, tok):
+def test_sessions_generation_and_whole_batch_reads_run_alone(host):
     model = tiny_model()
     with Session(model, backend=Unrun()) as session:
         with model.trace(torch.rand(1, 5)):
@@ -226,7 +216,9 @@ def test_sessions_generation_and_whole_batch_reads_run_alone(host, tok):
     assert not shares_forward({**serialize.request(session), "model": "tiny"})
     tracer = Tracer(model, (), {}, run=False)
     with tracer:
-        whole_batch(tracer, model)
+        with tracer.invoke(torch.rand(1, 5)):
+            read_layer1(model)
+        model.layer2.output.save()  # outside the invokes: the whole batch
     assert not shares_forward({**serialize.request(tracer), "model": "tiny"})
     llama = host.models["llama"]
     generated = recorded(llama, "llama", ["the cat sat"], lambda m: m.lm_head.output.save(), "generate",
