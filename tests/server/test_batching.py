@@ -295,7 +295,7 @@ def test_a_failing_job_fails_alone_and_the_others_get_their_results(host):
     assert runs == 1 and all(record.statuses[-1].status is JobStatus.COMPLETED for record in records)
 
 
-def test_each_job_has_its_own_result_limits(tmp_path):
+def test_each_job_has_its_own_result_limits():
     big = Limits(max_result_bytes=1500)
     served = Host({"tiny": tiny_model()}, big)
     try:
@@ -309,7 +309,20 @@ def test_each_job_has_its_own_result_limits(tmp_path):
         served.close()
 
 
-def test_jobs_in_the_server_process_share_one_forward(tmp_path):
+def test_a_group_past_the_tensor_limit_runs_job_by_job():
+    # four jobs' inputs together make a [4, 5] batch, past the limit; one job's [1, 5] input is not concatenated
+    served = Host({"tiny": tiny_model()}, Limits(max_tensor_elements=15))
+    try:
+        requests = [recorded(tiny_model(), "tiny", [torch.rand(1, 5) * k], read_layer1) for k in range(4)]
+        records, runs = submitted(served, "tiny", requests)
+        assert runs == 5
+        for record, data in zip(records, requests):
+            assert_identical(result_of(record), alone(served, data))
+    finally:
+        served.close()
+
+
+def test_jobs_in_the_server_process_share_one_forward():
     model = tiny_model()
     served = Host({"tiny": model}, Limits(isolate=False))
     calls = []
