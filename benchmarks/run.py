@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from nnglass.server.numerics import use_strict_gemm
+
+use_strict_gemm()  # as `nnglass serve` runs: before torch's first matrix product (the peer's process inherits it)
+
+import torch  # noqa: E402
 from harness import FULL, QUICK, Settings, Table, setup
-from peer import run_peer
-from scenarios import SCENARIOS, TARGETS, Target
+from peer import run_peer  # noqa: E402
+from scenarios import SCENARIOS, TARGETS, Target  # noqa: E402
 
 __all__ = ["main"]
 

@@ -9,8 +9,10 @@ import collections
 import gc
 import importlib
 import itertools
+import json
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -213,6 +215,67 @@ def lm_invokes(lib: Any, settings: Settings, model_path: str) -> Figures:
     return lm_figures(samples, {"8 invokes": "batched forward", "8 traces": "8 forwards"})
 
 
+# -- a server: jobs of several users sharing a forward ----------------------------------------------------
+COUNTRIES = ("France", "Spain", "Italy", "Germany", "Japan", "China", "Egypt", "Canada")  # prompts of one length
+
+
+def serve_requests(lib: Any, model: Any) -> list[bytes]:
+    """One single-prompt request per country as a client sends it, saving a layer's output and the last logits."""
+    serialize = importlib.import_module(f"{lib.__name__}.remote.serialize")  # a server of lib's own
+    requests = []
+    for country in COUNTRIES:
+        tracer = lib.Tracer(model, (f"Question: what is the capital of {country}? Answer:",), {}, run=False)
+        with tracer:
+            model.model.layers[SAVE_LAYER].output.save()
+            model.lm_head.output[:, -1].save()
+        requests.append(json.dumps({**serialize.request(tracer), "model": model._remote_name}).encode())
+    return requests
+
+
+def finish_all(host: Any, requests: list[bytes]) -> list[bytes]:
+    """Submit every request at once (from users 1, 2, ...) and wait for all the results."""
+    jobs = [host.submit(body, user) for user, body in enumerate(requests, 1)]
+    records = [host.jobs.find(job.job_id, user) for user, job in enumerate(jobs, 1)]
+    while any(record.ended is None for record in records):
+        time.sleep(0.001)
+    if any(record.result is None for record in records):
+        raise AssertionError(f"a job failed: {[r.statuses[-1].description for r in records if r.result is None]}")
+    return [record.result for record in records]
+
+
+def saved(decode: Any, result: bytes) -> list[torch.Tensor]:
+    """A job's saved tensors in [graph, node] order."""
+    data = json.loads(result)
+    value_of = decode(data["tensors"])
+    return [value_of(value) for *_, value in sorted(data["values"], key=lambda v: v[:2])]
+
+
+@scenario("lm_serve", f"SmolLM2 server: {len(COUNTRIES)} concurrent one-prompt jobs, batched against one by one")
+def lm_serve(lib: Any, settings: Settings, model_path: str) -> Figures:
+    """8 users' jobs submitted at once to a Host (forked, as on Linux CPUs): batch size 8 (5 ms window) against 1."""
+    server = importlib.import_module(f"{lib.__name__}.server.host")
+    limits = importlib.import_module(f"{lib.__name__}.server.limits")
+    model, _, _ = language_model(lib, model_path)
+    requests = serve_requests(lib, model)
+    name = model._remote_name  # what the requests name it: here its checkpoint path
+    batched, alone = (server.Host({name: model}, limits.Limits(batch_size=size)) for size in (8, 1))
+    try:
+        decode = importlib.import_module(f"{lib.__name__}.remote.serialize").Decoder
+        for mine, theirs in zip(finish_all(batched, requests), finish_all(alone, requests)):
+            if not all(torch.equal(*pair) for pair in zip(*(saved(decode, result) for result in (mine, theirs)))):
+                raise AssertionError("batched jobs got other results than jobs run one by one")
+        runs = batched.workers[name].runs
+        samples = measure({"batched": lambda: finish_all(batched, requests),
+                           "one by one": lambda: finish_all(alone, requests)}, settings.lm_reps, settings.lm_warmup)
+        forwards = (batched.workers[name].runs - runs) / (settings.lm_reps + settings.lm_warmup)
+    finally:
+        batched.close()
+        alone.close()
+    figures = times(samples)
+    ratio = figures["batched µs"]["value"] / figures["one by one µs"]["value"]
+    return {**figures, "batched / one by one": ratio, "forwards per 8 batched jobs": forwards}
+
+
 @scenario("lm_generate", f"SmolLM2: greedy generation of {NEW_TOKENS} tokens saving the logits of every step")
 def lm_generate(lib: Any, settings: Settings, model_path: str) -> Figures:
     """`model.generate` saving lm_head's output at every step against plain `generate`."""
@@ -331,4 +394,6 @@ TARGETS = (
              peer_share=True) for what in ("empty trace", "one save", "edit")),
     Target("first `.shape` in a trace: ≤ one real forward", "lm_shape", "first .shape, forwards", 1.0),
     Target("shape cache bounded", "lm_shape", "shape cache entries", "shape cache bound"),
+    Target("8 concurrent SmolLM2 jobs: batched ≥ 3x faster than one by one (ratio ≤ 0.33)", "lm_serve",
+           "batched / one by one", 0.33),
 )

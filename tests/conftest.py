@@ -2,9 +2,14 @@
 from collections import OrderedDict
 
 import pytest
-import torch
 
-from nnglass import NNsight
+from nnglass.server.numerics import use_strict_gemm
+
+use_strict_gemm()  # before torch's first matrix product: batched server jobs equal jobs run alone, bit for bit
+
+import torch  # noqa: E402
+
+from nnglass import NNsight  # noqa: E402
 
 INPUT_SIZE, HIDDEN_DIMS, OUTPUT_SIZE = 5, 10, 2
 

@@ -61,6 +61,8 @@ def test_smollm2_scenario_smoke():
     from nnglass.models import smollm2_path
     figures = run.SCENARIOS["lm_save"][1](nnglass, TINY, str(smollm2_path()))
     assert {"forward µs", "trace, one save µs", "overhead: trace, one save %"} <= set(figures)
+    served = run.SCENARIOS["lm_serve"][1](nnglass, TINY, str(smollm2_path()))  # it checks batched == one by one
+    assert {"batched µs", "one by one µs", "batched / one by one", "forwards per 8 batched jobs"} <= set(served)
 
 
 def test_job_store_scenario_times_both_kinds_of_status():

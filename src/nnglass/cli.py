@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                        help="run each job in a forked process (default: on Linux when the weights are on the CPU)")
     serve.add_argument("--job-memory-gb", type=float, default=8, help="memory a forked job may add (default: 8)")
+    serve.add_argument("--batch-size", type=int, default=8,
+                       help="most queued jobs run as one forward (default: %(default)s; 1: no batching)")
+    serve.add_argument("--batch-window-ms", type=float, default=5,
+                       help="how long a job waits for others to share its forward (default: %(default)s)")
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
@@ -74,6 +78,9 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
 # -- commands ---------------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     """Load each model once and serve them until interrupted."""
+    from .server.numerics import use_strict_gemm
+    use_strict_gemm()  # before any matrix product: batched jobs then get bit-identical values
+
     import uvicorn
 
     from .server import KeyStore, Limits, create_app
@@ -85,7 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"nnglass serve: hosting {model._remote_name!r} ({type(model._model).__name__})", file=sys.stderr)
     limits = Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_nodes=args.max_nodes,
                     job_timeout_s=args.job_timeout, isolate=args.isolate,
-                    max_job_bytes=int(args.job_memory_gb * 2**30))
+                    max_job_bytes=int(args.job_memory_gb * 2**30), batch_size=args.batch_size,
+                    batch_window_s=args.batch_window_ms / 1000)
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)

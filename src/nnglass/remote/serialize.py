@@ -120,6 +120,7 @@ class Job:
 
     def __init__(self, data: dict, models: Callable[[str], Any]) -> None:
         check_version(data)
+        self.data = data  # the request as it came (what batching merges with other jobs' requests)
         self.models = models
         self.names = data.get("names") or {}  # saved values by the client's variable names, sent back as given
         self.decode = Decoder(data.get("tensors", ""), ref=self._node)

@@ -15,7 +15,7 @@ from ..intervention.cache import Cache, Entry
 from ..tracing.node import Node
 from .allowlist import WireError
 
-__all__ = ["Encoder", "Decoder"]
+__all__ = ["Encoder", "Decoder", "load_blob", "save_blob"]
 
 _TAGS = {"$node", "$float", "$tuple", "$dict", "$slice", "$ellipsis", "$dtype", "$device", "$set",
          "$complex", "$bytes", "$dataloader", "$tensor", "$output", "$cache"}
@@ -81,17 +81,14 @@ class Encoder:
 
     def blob(self) -> str:
         """The collected tensors as base64 safetensors."""
-        return base64.b64encode(safetensors.torch.save(self.tensors)).decode() if self.tensors else ""
+        return save_blob(self.tensors)
 
 
 class Decoder:
     """Turns JSON from the wire back into values; node references go through `ref`."""
 
     def __init__(self, blob: str, ref: Callable[[Any], Any] | None = None) -> None:
-        try:
-            self.tensors = safetensors.torch.load(base64.b64decode(blob)) if blob else {}
-        except Exception as error:
-            raise WireError(f"the tensors of the request could not be read: {error}") from error
+        self.tensors = load_blob(blob)
         self.ref = ref
 
     def __call__(self, data: Any) -> Any:
@@ -180,6 +177,19 @@ class Decoder:
         if data.get("param"):
             return torch.nn.Parameter(tensor, requires_grad=bool(data.get("grad")))
         return tensor.requires_grad_(bool(data.get("grad")))
+
+
+def save_blob(tensors: dict[str, torch.Tensor]) -> str:
+    """Tensors by name as base64 safetensors ("" for none)."""
+    return base64.b64encode(safetensors.torch.save(tensors)).decode() if tensors else ""
+
+
+def load_blob(blob: str) -> dict[str, torch.Tensor]:
+    """The tensors of a base64 safetensors blob by name; WireError if it cannot be read."""
+    try:
+        return safetensors.torch.load(base64.b64decode(blob)) if blob else {}
+    except Exception as error:
+        raise WireError(f"the tensors of the request could not be read: {error}") from error
 
 
 def _is_cache(value: Any) -> bool:

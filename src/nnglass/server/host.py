@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,7 @@ from .audit import audit
 from .integrity import Pristine
 from .jobs import JobStore
 from .limits import Limits
+from .numerics import gemm_batch_invariant
 from .store import Store
 from .workers import ModelWorker
 
@@ -41,6 +43,10 @@ class Host:
         pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
         self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
+        if limits.batch_size > 1 and not gemm_batch_invariant():
+            logging.getLogger("nnglass.server").warning(
+                "jobs sharing a forward may differ from running alone in the last bits: start the server with "
+                "MKL_CBWR=AUTO,STRICT (`nnglass serve` sets it) for bit-identical batched results on the CPU")
         self._resume()
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:

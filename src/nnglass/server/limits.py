@@ -1,15 +1,17 @@
-"""Limits: how much one request may ask of the server."""
+"""Limits: how much one request may ask of the server, and how many jobs may share a forward."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["Limits"]
+from .budget import LimitExceeded
+
+__all__ = ["Limits", "check_result"]
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Request size and nesting, graph size, invokes, loops, tensor sizes, logs, results, run time."""
+    """Request size and nesting, graph size, invokes, loops, tensor sizes, logs, results, run time, batching."""
 
     max_request_bytes: int = 256 * 2**20     # a larger body is answered 413
     max_depth: int = 64                      # JSON nested deeper is answered 413
@@ -26,3 +28,16 @@ class Limits:
     isolate: Optional[bool] = None           # each job in a forked process; None: on Linux if no weights are on a GPU
     max_job_bytes: int = 8 * 2**30           # with `isolate`: memory a job's process may add (RLIMIT_AS)
     result_ttl_s: float = 3600.0             # a finished job's result is dropped this long after it ended
+    batch_size: int = 8                      # most queued jobs run as the invokes of one forward; 1: no batching
+    batch_window_s: float = 0.005            # how long a job that could share its forward waits for others
+
+
+def check_result(limits: Limits, size: int, held: int) -> None:
+    """Refuse a job's result of `size` bytes when it is too large, or its key already `held` too much."""
+    if size > limits.max_result_bytes:
+        raise LimitExceeded(f"the job's saved values take {size:,} bytes; this server returns at "
+                            f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
+    if held + size > limits.max_held_bytes:
+        raise LimitExceeded(f"this API key has {held:,} bytes of results not downloaded yet; this server "
+                            f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
+                            "download them first")

@@ -1,4 +1,4 @@
-"""Workers: one queue and one thread per hosted model, running jobs one at a time within the limits."""
+"""Workers: one queue and one thread per hosted model, running jobs (or groups sharing a forward) in turn."""
 from __future__ import annotations
 
 import collections
@@ -6,16 +6,18 @@ import contextlib
 import ctypes
 import json
 import threading
-from typing import Callable, Iterator, Optional
+import time
+from typing import Callable, Hashable, Iterator, Optional
 
 from ..remote.schema import JobStatus
 from ..tracing import local
 from ..tracing.node import location
+from .batching import Group, group_key
 from .budget import Budget, LimitExceeded
 from .integrity import Pristine
 from .isolation import run_forked
 from .jobs import JobRecord
-from .limits import Limits
+from .limits import Limits, check_result
 from .stats import JobStats
 
 __all__ = ["JobTimeout", "ModelWorker"]
@@ -37,20 +39,25 @@ class ModelWorker:
         self.held = held              # bytes of results an API key has not downloaded yet
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
-        self.running: Optional[JobRecord] = None
-        self.stats = JobStats()       # jobs running now, recent throughput (the status page)
+        self.keys: dict[str, Hashable] = {}  # group keys of queued jobs that may share a forward
+        self.running: list[JobRecord] = []
+        self.runs = 0                        # runs started: a group sharing one forward counts once
+        self.stats = JobStats()              # jobs running now, recent throughput (the status page)
         self.thread = threading.Thread(target=self._loop, name=f"nnglass-worker-{name}", daemon=True)
         self.thread.start()
 
     def __len__(self) -> int:
         """Jobs waiting or running."""
-        return len(self.queue) + (self.running is not None)
+        return len(self.queue) + len(self.running)
 
     def submit(self, record: JobRecord) -> None:
         """Queue a job and tell its owner how many jobs run before it."""
+        key = group_key(record.request) if self.limits.batch_size > 1 else None
         with self.ready:
             self._queued(record, len(self))
             self.queue.append(record)
+            if key is not None:
+                self.keys[record.id] = key
             self.ready.notify()
 
     def _queued(self, record: JobRecord, ahead: int) -> None:
@@ -70,23 +77,80 @@ class ModelWorker:
         with self.ready:
             while not self.queue:
                 self.ready.wait()
-            record = self.running = self.queue.popleft()
-            for ahead, waiting in enumerate(self.queue, start=1):  # each moved up by one (the popped job runs)
-                if waiting is not None:
-                    self._queued(waiting, ahead)
+            record = self.queue.popleft()
+            self.running = [record]
+            self._moved()
             return record
 
+    def _moved(self) -> None:
+        """Tell every waiting job its new place, after jobs left the queue (under `ready`)."""
+        for ahead, waiting in enumerate(self.queue, start=len(self.running)):
+            if waiting is not None:
+                self._queued(waiting, ahead)
+
     def _loop(self) -> None:
-        while (record := self._next()) is not None:
+        while (first := self._next()) is not None:
             try:
-                with self._models_of(record):
-                    record.post(JobStatus.RUNNING, "Your job has started running.")
-                    with self.stats.running():
-                        _Run(record, self.limits, self.held).start_and_wait()
-                    for name in sorted(record.models) if not self.limits.isolate else ():
+                with self._models_of(first):
+                    group = self._group(first)
+                    for record in group:
+                        record.post(JobStatus.RUNNING, "Your job has started running.")
+                    with contextlib.ExitStack() as counted:  # each job of a group counts as one job
+                        for _ in group:
+                            counted.enter_context(self.stats.running())
+                        self._run(group)
+                    for name in sorted(first.models) if not self.limits.isolate else ():
                         self.pristine[name].restore()
             finally:
-                self.running = None
+                self.running = []
+
+    def _run(self, group: list[JobRecord]) -> None:
+        """Run the group's jobs as one forward; if that fails (or it is one job), each job alone."""
+        if len(group) > 1 and self._shared(group):
+            return
+        for record in group:
+            self.runs += 1
+            _Run(record, self.limits, self.held).start_and_wait()
+
+    def _shared(self, group: list[JobRecord]) -> bool:
+        """Run the group as one merged request; whether each of its jobs ended that way."""
+        try:
+            merged = Group(group, self.limits, self.held)
+        except Exception:  # requests that do not merge after all (a bug, never a user's): each runs alone
+            return False
+        self.runs += 1
+        _Run(merged, merged.run_limits, self.held).start_and_wait()  # type: ignore[arg-type]
+        return not merged.failed
+
+    def _group(self, first: JobRecord) -> list[JobRecord]:
+        """first, and the queued jobs that may share its forward (waiting up to the batch window for more)."""
+        limits = self.limits
+        deadline = time.monotonic() + limits.batch_window_s
+        with self.ready:
+            key, group = self.keys.pop(first.id, None), [first]
+            while key is not None and len(group) < limits.batch_size:
+                group += self._take(key, limits.batch_size - len(group))
+                left = deadline - time.monotonic()
+                if len(group) == limits.batch_size or left <= 0 or None in self.queue:
+                    break
+                self.ready.wait(left)
+            if len(group) > 1:
+                self.running = group
+                self._moved()
+        return group
+
+    def _take(self, key: Hashable, most: int) -> list[JobRecord]:
+        """Up to `most` queued jobs with this group key, taken out of the queue (the others keep their place)."""
+        taken = []
+        for record in self.queue:
+            if record is None or len(taken) == most:
+                break
+            if self.keys.get(record.id) == key:
+                taken.append(record)
+        for record in taken:
+            self.queue.remove(record)
+            del self.keys[record.id]
+        return taken
 
     @contextlib.contextmanager
     def _models_of(self, record: JobRecord) -> Iterator[None]:
@@ -166,14 +230,7 @@ class _Run:
         with Budget(limits.max_tensor_elements, limits.max_list_elements, limits.max_products):
             request.run()
         result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
-        if len(result) > limits.max_result_bytes:
-            raise LimitExceeded(f"the job's saved values take {len(result):,} bytes; this server returns at "
-                                f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
-        held = self.held(self.record.owner)
-        if held + len(result) > limits.max_held_bytes:
-            raise LimitExceeded(f"this API key has {held:,} bytes of results not downloaded yet; this server "
-                                f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
-                                "download them first")
+        check_result(limits, len(result), self.held(self.record.owner))
         return result
 
 
