@@ -10,7 +10,7 @@ from nnglass import remote
 from nnglass.remote import serialize
 from nnglass.remote.client import execute_remote
 from nnglass.remote.schema import JobStatus
-from nnglass.server import BackgroundServer
+from nnglass.server import BackgroundServer, Limits
 from tests.server.serving import hosting, tiny_model
 
 
@@ -64,21 +64,22 @@ def test_a_session_across_two_models_matches_local(hosted, x):
     assert torch.equal(run(False), run(True))
 
 
-def test_queued_jobs_learn_their_position(hosted, x):
+def test_queued_jobs_learn_their_position(tmp_path, x):
     requests = []
     for _ in range(3):
         data = serialize.request(recorded(tiny_model(), x)[0])
         requests.append({**data, "model": "tiny"})
-    key = {"X-API-Key": hosted.token}
-    with hosted.app.state.host.workers["tiny"].locks["tiny"]:  # the worker waits for the model meanwhile
-        jobs = [httpx.post(f"{hosted.url}/jobs", json=data, headers=key).json()["job_id"] for data in requests]
-        assert httpx.get(f"{hosted.url}/status").json()["models"][0]["queue"] == 3
-    for position, job in enumerate(jobs):
-        statuses = httpx.get(f"{hosted.url}/jobs/{job}/status", params={"wait": 0}, headers=key).json()
-        assert statuses[1]["status"] == "QUEUED" and statuses[1]["position"] == position
-    ended = [remote.job(job).wait().status for job in jobs]  # the first ran while the others waited
-    positions = [[s["position"] for s in httpx.get(f"{hosted.url}/jobs/{job}/status", headers=key).json()
-                  if s["status"] == "QUEUED"] for job in jobs]
+    with hosting({"tiny": tiny_model()}, tmp_path, Limits(batch_size=1)) as hosted:  # one job per forward
+        key = {"X-API-Key": hosted.token}
+        with hosted.app.state.host.workers["tiny"].locks["tiny"]:  # the worker waits for the model meanwhile
+            jobs = [httpx.post(f"{hosted.url}/jobs", json=data, headers=key).json()["job_id"] for data in requests]
+            assert httpx.get(f"{hosted.url}/status").json()["models"][0]["queue"] == 3
+        for position, job in enumerate(jobs):
+            statuses = httpx.get(f"{hosted.url}/jobs/{job}/status", params={"wait": 0}, headers=key).json()
+            assert statuses[1]["status"] == "QUEUED" and statuses[1]["position"] == position
+        ended = [remote.job(job).wait().status for job in jobs]  # the first ran while the others waited
+        positions = [[s["position"] for s in httpx.get(f"{hosted.url}/jobs/{job}/status", headers=key).json()
+                      if s["status"] == "QUEUED"] for job in jobs]
     assert ended == [JobStatus.COMPLETED] * 3 and positions == [[0], [1], [2, 1]]  # the last moved up when the second started
 
 

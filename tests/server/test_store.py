@@ -115,7 +115,7 @@ def test_a_killed_server_keeps_finished_queued_and_failed_jobs(tmp_path, net, x)
         first, second = (client.until(job, "COMPLETED") for job in queued)
         assert [s["status"] for s in second[-3:]] == ["QUEUED", "RUNNING", "COMPLETED"]
         assert (first[-3]["position"], second[-3]["position"]) == (0, 1)
-        assert first[-1]["timestamp"] <= second[-2]["timestamp"]
+        assert first[-2]["timestamp"] <= second[-2]["timestamp"]  # started in order (maybe in one shared forward)
         assert all(torch.equal(value(slow, x, client.result(job)), x * 2) for job in queued)
         assert list((data / "requests").iterdir()) == list((data / "results").iterdir()) == []  # all downloaded
         fresh = client.submit(tiny, x)  # new jobs are taken as before
