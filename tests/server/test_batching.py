@@ -23,7 +23,7 @@ from nnglass.remote import serialize
 from nnglass.remote.schema import JobStatus
 from nnglass.remote.values import Decoder
 from nnglass.server import Limits
-from nnglass.server.batching import group_key, merge, shares_forward, split
+from nnglass.server.batching import fits, group_key, merge, shares_forward, split
 from nnglass.server.host import Host
 from nnglass.server.numerics import gemm_batch_invariant
 from tests.conftest import tiny_llama
@@ -152,8 +152,12 @@ PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 def test_jobs_sharing_a_forward_get_what_they_get_alone(host, model, jobs):
     requests = [tiny_job(sizes, program, seed) if model == "tiny" else llama_job(host, sizes, program, seed)
                 for seed, (sizes, program) in enumerate(jobs)]
+    groupings = [group_key(serialize.Job(data, host.models.__getitem__)) for data in requests]
     records, runs = submitted(host, model, requests)
-    assert runs == 1  # one forward for them all
+    if fits(sum(g.rows for g in groupings), groupings[0].sizes):
+        assert runs == 1  # one forward for them all
+    else:  # as many rows as a weight or the prompts have: the last jobs wait for the next forward
+        assert runs <= len(requests)
     for record, data in zip(records, requests):
         assert_identical(result_of(record), alone(host, data))
 
@@ -168,7 +172,7 @@ def read_layer1(model) -> None:
 
 
 def key(host: Host, data: dict):
-    return group_key(serialize.Job(data, host.models.__getitem__))
+    return group_key(serialize.Job(data, host.models.__getitem__)).key
 
 
 def test_compatible_jobs_have_one_key(host):
@@ -235,7 +239,7 @@ def test_greedy_generation_of_a_fixed_length_shares_a_forward(host):
         model.generator.output.save()
 
     requests = [recorded(llama, "llama", [prompt(seed, 3)], read, "generate", max_new_tokens=3, min_new_tokens=3)
-                for seed in range(3)]
+                for seed in range(2)]  # 2 rows (3 would be the prompts' length: see fits)
     shorter = recorded(llama, "llama", [prompt(0, 3)], read, "generate", max_new_tokens=2, min_new_tokens=2)
     assert key(host, shorter) is not None and key(host, shorter) != key(host, requests[0])
     records, runs = submitted(host, "llama", requests)
@@ -291,7 +295,7 @@ def test_a_failing_job_fails_alone_and_the_others_get_their_results(host):
     assert records[1].statuses[-1].status is JobStatus.ERROR and "out of bounds" in records[1].statuses[-1].description
     for record, data in zip([records[0], records[2]], good):
         assert_identical(result_of(record), alone(host, data))
-    records, runs = submitted(host, "tiny", good)  # the next ones share their forward again
+    records, runs = submitted(host, "tiny", [*good, good[0]])  # the next ones share their forward again (3 rows)
     assert runs == 1 and all(record.statuses[-1].status is JobStatus.COMPLETED for record in records)
 
 
@@ -336,3 +340,76 @@ def test_jobs_in_the_server_process_share_one_forward():
     finally:
         handle.remove()
         served.close()
+
+
+# -- values that are not one job's rows ---------------------------------------------------------------
+class Tabled(torch.nn.Module):
+    """A layer that also returns a table of its own: one tensor for the whole batch, not rows of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(5, 5)
+        self.table = torch.nn.Parameter(torch.rand(3, 5), requires_grad=False)
+
+    def forward(self, x: torch.Tensor):
+        return self.proj(x), self.table * 1
+
+
+class TableNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = Tabled()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, table = self.layer(x)
+        return hidden @ table.T
+
+
+@pytest.fixture(scope="module")
+def tabled():
+    model = nnglass.NNsight(TableNet())
+    model._remote_name = "tabled"
+    served = Host({"tabled": model}, Limits())
+    yield served
+    served.close()
+
+
+def read_table(m) -> None:
+    m.layer.output[1].save()
+    m.output.save()
+
+
+def zero_table(m) -> None:
+    m.layer.output = (m.layer.output[0], m.layer.output[1] * 0)
+    m.output.save()
+
+
+def save_output(m) -> None:
+    m.output.save()
+
+
+@pytest.mark.parametrize("program", [read_table, zero_table])
+def test_a_job_using_a_value_shared_by_the_batch_runs_alone(tabled, program):
+    model = tabled.models["tabled"]
+    user = recorded(model, "tabled", [torch.rand(2, 5)], program)
+    others = [recorded(model, "tabled", [torch.rand(4, 5)], save_output) for _ in range(2)]  # 10 rows: not a size of the weights
+    records, runs = submitted(tabled, "tabled", [others[0], user, others[1]])
+    assert runs == 4  # the shared forward withheld the table from the job (or refused its swap): each alone
+    for record, data in zip(records, [others[0], user, others[1]]):
+        assert_identical(result_of(record), alone(tabled, data))
+    records, runs = submitted(tabled, "tabled", others)
+    assert runs == 1  # jobs that keep to their rows still share
+
+
+def test_a_shared_batch_never_has_as_many_rows_as_the_prompts_have_tokens(host):
+    jobs = [recorded(host.models["llama"], "llama", [prompt(seed, 3)], read_layer1_llama) for seed in range(3)]
+    records, runs = submitted(host, "llama", jobs)
+    assert runs == 2  # 3 rows of 3 tokens: a (3,) position tensor would pass for rows; two, then one
+    for record, data in zip(records, jobs):
+        assert_identical(result_of(record), alone(host, data))
+
+
+def read_layer1_llama(m) -> None:
+    m.model.layers[0].output.save()
+    m.lm_head.output.save()

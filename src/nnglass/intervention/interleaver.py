@@ -30,6 +30,41 @@ class CausalityError(RuntimeError):
     """An edit of a module needs a value the model produces only later."""
 
 
+class SharedValueError(TraceError):
+    """In a forward shared by several users' jobs, a job used or replaced a value that is not its own rows."""
+
+
+_PLAIN_LEAVES = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
+
+
+class Withheld:
+    """What a job of a shared forward gets for a value that is not batched (a cache, a tensor of other shape).
+
+    Such a value may hold other jobs' rows, or be one object all jobs would edit: any use raises, and the
+    server then runs each job of the group alone (where the value is the job's own).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise SharedValueError("This value is shared by the jobs of a batched forward (it is not one job's "
+                               "rows), so it cannot be used there.")
+
+    __getattr__ = __bool__ = __iter__ = __len__ = __getitem__ = __setitem__ = __call__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __matmul__ = _refuse
+
+    @classmethod
+    def __torch_function__(cls, *_: Any, **__: Any) -> Any:
+        raise SharedValueError("This value is shared by the jobs of a batched forward (it is not one job's "
+                               "rows), so it cannot be used there.")
+
+    def __repr__(self) -> str:
+        return "<withheld: shared by the jobs of a batched forward>"
+
+
+WITHHELD = Withheld()
+
+
 def first_input(inputs: tuple[tuple, dict]) -> Any:
     """A module's first positional argument, else its first keyword argument."""
     args, kwargs = inputs
@@ -84,6 +119,7 @@ class Interleaver(Interpreter):
         self.busy = False             # the graph itself is calling a module: hooks stand aside
         self.skips: dict[str, list[Node]] = {}   # module path -> its `envoy.skip(value)` nodes
         self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []  # (edited parameter, its value before)
+        self.shared = bool(graph.meta.get("shared"))  # invokes are different users' jobs: nothing else is theirs
 
     # -- running -------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -282,7 +318,7 @@ class Interleaver(Interpreter):
     def rows_of(self, leaf: Any, invoke: int) -> Any:
         rows = self.batch.rows(leaf, invoke)
         if rows is None:
-            return leaf
+            return WITHHELD if self.shared and not isinstance(leaf, _PLAIN_LEAVES) else leaf
         part = leaf[rows[0]:rows[1]]
         self.sources[id(part)] = (part, leaf, *rows)
         return part
@@ -295,6 +331,11 @@ class Interleaver(Interpreter):
 
     def put_rows(self, full: Any, part: Any, invoke: int) -> Any:
         rows = self.batch.rows(full, invoke)
+        if self.shared and (part is WITHHELD or part is full):
+            return full
+        if self.shared and (rows is None or not isinstance(part, torch.Tensor)):
+            raise SharedValueError("In a forward shared by several users' jobs, a job may replace only its own "
+                                   "rows of batched values.")
         if rows is None or not isinstance(part, torch.Tensor):
             return part
         start, stop = rows

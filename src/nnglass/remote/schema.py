@@ -84,6 +84,7 @@ class MetaSpec(_Wire):
     model: Optional[str] = None
     method: Optional[str] = None
     call_kwargs: Any = None
+    shared: bool = False  # its invokes are different users' jobs (set by the server when it batches them)
 
 
 class NodeSpec(_Wire):

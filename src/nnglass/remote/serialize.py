@@ -176,7 +176,7 @@ class Job:
         call_kwargs = self.decode(meta.get("call_kwargs", {"$dict": []}))
         if not isinstance(call_kwargs, dict):
             raise WireError("call_kwargs must be a dict")
-        return {"model": model, "method": method, "call_kwargs": call_kwargs}
+        return {"model": model, "method": method, "call_kwargs": call_kwargs, "shared": meta.get("shared") is True}
 
     def _fill_node(self, graph: Graph, node: Node, spec: dict) -> None:
         node.args = self.decode(spec["args"])

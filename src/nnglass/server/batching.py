@@ -11,18 +11,18 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, NamedTuple, Optional
 
 import torch
 
 from ..remote import serialize
 from ..remote.schema import JobStatus
 from ..remote.values import load_blob, save_blob
-from ..tracing.walk import map_leaves
+from ..tracing.walk import leaves, map_leaves
 from .budget import LimitExceeded
 from .limits import Limits, check_result
 
-__all__ = ["Group", "Part", "group_key", "merge", "shares_forward", "split"]
+__all__ = ["Group", "Grouping", "Part", "fits", "group_key", "merge", "shares_forward", "split"]
 
 # Ops whose effect stays in the rows of the invoke they belong to (module calls only without their hooks).
 _CONFINED_OPS = {"invoke", "output", "inputs", "input", "current", "swap", "getattr", "call_method",
@@ -85,7 +85,16 @@ def _confined(node: dict, invokes: int) -> bool:
     return not (node["op"] in ("call_function", "call_method") and _RANDOM.search(str(node.get("target"))))
 
 
-def group_key(job: Any) -> Optional[Hashable]:
+class Grouping(NamedTuple):
+    """How a job may share a forward: jobs of equal `key` may; `rows` it adds to the batch; `sizes` of its
+    inputs past the batch dimension (a shared batch must not have one of these many rows)."""
+
+    key: Hashable
+    rows: int
+    sizes: frozenset[int]
+
+
+def group_key(job: Any) -> Optional[Grouping]:
     """Jobs with equal keys may share a forward: same model, run keywords and input shapes; None: run alone.
 
     Inputs must have the same shape beyond the batch dimension: left padding to a longer prompt changes
@@ -96,11 +105,18 @@ def group_key(job: Any) -> Optional[Hashable]:
     if not shares_forward(data, _greedy(model)):
         return None
     try:
-        shapes = _input_shapes(model, [node.args for node in root.nodes if node.op == "invoke"])
+        shapes, rows, sizes = _input_shapes(model, [node.args for node in root.nodes if node.op == "invoke"])
     except Exception:  # inputs the model refuses: the job runs alone and gets its own error
         return None
     meta = data["graphs"][0]["meta"]
-    return data["model"], meta.get("method"), json.dumps(meta.get("call_kwargs")), shapes
+    return Grouping((data["model"], meta.get("method"), json.dumps(meta.get("call_kwargs")), shapes), rows, sizes)
+
+
+def fits(rows: int, sizes: frozenset[int]) -> bool:
+    """Whether a shared batch may have `rows` rows: not one of the other sizes of its inputs (e.g. the
+    sequence length) or of the model's weights. A tensor is taken for batched by its first dimension: a
+    `(length,)` position tensor or a weight-sized table would otherwise be cut into the jobs' rows."""
+    return rows not in sizes
 
 
 def _greedy(model: Any) -> bool:
@@ -110,12 +126,15 @@ def _greedy(model: Any) -> bool:
             and (getattr(config, "num_return_sequences", 1) or 1) == 1)
 
 
-def _input_shapes(model: Any, inputs: list[tuple]) -> str:
-    """What the model is given for a job's invokes together, with tensors as their shape past the batch."""
+def _input_shapes(model: Any, inputs: list[tuple]) -> tuple[str, int, frozenset[int]]:
+    """What the model is given for a job's invokes together, with tensors as their shape past the batch;
+    its rows; the sizes a shared batch must not have (its inputs' past the batch, the model's weights')."""
     prepared = [model._prepare_inputs(*args, **kwargs) for args, kwargs in inputs]
-    args, kwargs, _, _ = model._batch(prepared)
+    args, kwargs, _, rows = model._batch(prepared)
+    sizes = {size for leaf in leaves((args, kwargs)) if isinstance(leaf, torch.Tensor) for size in leaf.shape[1:]}
+    sizes |= {size for tensor in [*model._model.parameters(), *model._model.buffers()] for size in tensor.shape}
     return repr(map_leaves((args, kwargs), lambda leaf: (
-        ("tensor", tuple(leaf.shape[1:]), str(leaf.dtype)) if isinstance(leaf, torch.Tensor) else leaf)))
+        ("tensor", tuple(leaf.shape[1:]), str(leaf.dtype)) if isinstance(leaf, torch.Tensor) else leaf))), rows, frozenset(sizes)
 
 
 # -- merging and splitting requests ------------------------------------------------------------------
@@ -140,7 +159,8 @@ def merge(requests: list[dict]) -> tuple[dict, list[Part]]:
     where each request's graphs went."""
     parts, graphs, tensors = [], [], {}
     nodes, loops, invokes = 0, 1, 0
-    root = {**requests[0]["graphs"][0], "nodes": [], "free": [], "exports": []}
+    first = requests[0]["graphs"][0]
+    root = {**first, "meta": {**first["meta"], "shared": True}, "nodes": [], "free": [], "exports": []}
     for number, data in enumerate(requests):
         trace = data["graphs"][0]
         part = Part(nodes, len(trace["nodes"]), loops, len(data["graphs"]) - 1)

@@ -7,12 +7,12 @@ import ctypes
 import json
 import threading
 import time
-from typing import Callable, Hashable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ..remote.schema import JobStatus
 from ..tracing import local
 from ..tracing.node import location
-from .batching import Group, group_key
+from .batching import Group, Grouping, fits, group_key
 from .budget import Budget, LimitExceeded
 from .integrity import Pristine
 from .isolation import run_forked
@@ -39,7 +39,7 @@ class ModelWorker:
         self.held = held              # bytes of results an API key has not downloaded yet
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
-        self.keys: dict[str, Hashable] = {}  # group keys of queued jobs that may share a forward
+        self.keys: dict[str, Grouping] = {}  # how queued jobs may share a forward
         self.running: list[JobRecord] = []
         self.runs = 0                        # runs started: a group sharing one forward counts once
         self.stats = JobStats()              # jobs running now, recent throughput (the status page)
@@ -127,9 +127,12 @@ class ModelWorker:
         limits = self.limits
         deadline = time.monotonic() + limits.batch_window_s
         with self.ready:
-            key, group = self.keys.pop(first.id, None), [first]
-            while key is not None and len(group) < limits.batch_size:
-                group += self._take(key, limits.batch_size - len(group))
+            grouping, group = self.keys.pop(first.id, None), [first]
+            rows = grouping.rows if grouping is not None else 0
+            while grouping is not None and len(group) < limits.batch_size:
+                taken = self._take(grouping, limits.batch_size - len(group), rows)
+                group += [record for record, _ in taken]
+                rows += sum(added for _, added in taken)
                 left = deadline - time.monotonic()
                 if len(group) == limits.batch_size or left <= 0 or None in self.queue:
                     break
@@ -139,15 +142,20 @@ class ModelWorker:
                 self._moved()
         return group
 
-    def _take(self, key: Hashable, most: int) -> list[JobRecord]:
-        """Up to `most` queued jobs with this group key, taken out of the queue (the others keep their place)."""
-        taken = []
+    def _take(self, grouping: Grouping, most: int, rows: int) -> list[tuple[JobRecord, int]]:
+        """Up to `most` queued jobs that may join a group of `rows` rows, taken out of the queue with their
+        rows (the others keep their place); the group never ends with a disallowed number of rows."""
+        taken: list[tuple[JobRecord, int]] = []
         for record in self.queue:
             if record is None or len(taken) == most:
                 break
-            if self.keys.get(record.id) == key:
-                taken.append(record)
-        for record in taken:
+            other = self.keys.get(record.id)
+            if other is not None and other.key == grouping.key:
+                taken.append((record, other.rows))
+                rows += other.rows
+        while taken and not fits(rows, grouping.sizes):
+            rows -= taken.pop()[1]
+        for record, _ in taken:
             self.queue.remove(record)
             del self.keys[record.id]
         return taken
