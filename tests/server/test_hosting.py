@@ -66,7 +66,7 @@ def test_queued_jobs_learn_their_position(hosted, x):
         data = serialize.request(recorded(tiny_model(), x)[0])
         requests.append({**data, "model": "tiny"})
     key = {"X-API-Key": hosted.token}
-    with hosted.app.state.host.workers["tiny"].locks["tiny"]:  # the worker waits for the model meanwhile
+    with hosted.app.state.host.hosting.locks["tiny"]:  # the worker waits for the model meanwhile
         jobs = [httpx.post(f"{hosted.url}/jobs", json=data, headers=key).json()["job_id"] for data in requests]
         assert httpx.get(f"{hosted.url}/status").json()["models"][0]["queue"] == 3
     for position, job in enumerate(jobs):

@@ -14,20 +14,23 @@ from ..remote import redact
 from ..remote.schema import API_KEY_HEADER, ServerStatus, StatusMessage, SubmitResponse
 from . import page
 from .host import Host
+from .hosting import Hosting, InProcess
 from .jobs import JobRecord
 from .keys import KeyInfo, KeyStore
 from .limits import Limits
 
 
-def create_app(models: dict[str, Any], database_url: str = "sqlite:///nnglass.db",
+def create_app(models: dict[str, Any] | Hosting, database_url: str = "sqlite:///nnglass.db",
                limits: Optional[Limits] = None) -> FastAPI:
-    """The server for `models` (name -> NNsight model), with API keys in the database at `database_url`.
+    """The server for `models`, with API keys in the database at `database_url`.
 
+    `models`: name -> NNsight model, run in this process within `limits`; or a hosting backend (such as
+    `nnglass.server.ray_hosting.RayHosting`), which brings its own limits.
     `app.state.keys` is the KeyStore and `app.state.host` the Host (models, workers, jobs).
     """
     redact.install()
     keys = KeyStore(database_url)
-    host = Host(models, limits or Limits())
+    host = Host(models if isinstance(models, Hosting) else InProcess(models, limits or Limits()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

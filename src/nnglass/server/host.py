@@ -1,44 +1,34 @@
 """Host: the models a server runs, their workers, and the checks a request passes before it is queued."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import sys
-import threading
 from typing import Any
 
 from fastapi import HTTPException
 from pydantic import ValidationError
 
 from .. import __version__
-from ..modeling.language import LanguageModel
 from ..remote import serialize
 from ..remote.allowlist import WireError
 from ..remote.schema import JobStatus, ModelInfo, RequestSpec, ServerStatus, SubmitResponse
 from .audit import audit
-from .integrity import Pristine
+from .hosting import Hosting
 from .jobs import JobRecord, JobStore
-from .limits import Limits
 from .workers import ModelWorker
 
 __all__ = ["Host"]
 
 
 class Host:
-    """Hosted models by name, one worker each, and the jobs sent to them."""
+    """Hosted models by name, one queue each, and the jobs sent to them; a hosting backend runs the jobs."""
 
-    def __init__(self, models: dict[str, Any], limits: Limits) -> None:
-        for model in models.values():
-            if isinstance(model, LanguageModel):
-                model.dispatch()  # load the weights once, before the first job
-        self.models = dict(models)
-        self.limits = limits = dataclasses.replace(limits, isolate=_isolate(limits, self.models))
-        self.jobs = JobStore(limits.result_ttl_s)
-        locks = {name: threading.Lock() for name in self.models}
-        # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
-        pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
-        self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
+    def __init__(self, hosting: Hosting) -> None:
+        self.hosting = hosting
+        self.models = hosting.models    # what requests are checked and decoded against before they are queued
+        self.limits = hosting.limits
+        self.jobs = JobStore(self.limits.result_ttl_s)
+        self.workers = {name: ModelWorker(name, hosting, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:
@@ -54,7 +44,7 @@ class Host:
             raise HTTPException(400, str(error)) from error
         except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
             raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
-        record = JobRecord(owner, spec.model, spec.traced_models(), request)
+        record = JobRecord(owner, spec.model, spec.traced_models(), data)  # the backend decodes it again
         self.jobs.add(record)
         record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
         self.workers[spec.model].submit(record)
@@ -94,18 +84,10 @@ class Host:
             for name, model in self.models.items()])
 
     def close(self) -> None:
-        """Finish the queued jobs and stop the workers."""
+        """Finish the queued jobs, stop the workers and let go of the backend."""
         for worker in self.workers.values():
             worker.close()
-
-
-def _isolate(limits: Limits, models: dict[str, Any]) -> bool:
-    """Whether jobs run in forked processes: as asked, else on Linux when every hosted weight is on the CPU
-    (CUDA does not survive a fork)."""
-    if limits.isolate is not None:
-        return limits.isolate
-    on_cpu = all(p.device.type == "cpu" for model in models.values() for p in model._model.parameters())
-    return sys.platform == "linux" and hasattr(os, "fork") and on_cpu
+        self.hosting.close()
 
 
 def public_name(name: str) -> str:

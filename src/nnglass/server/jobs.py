@@ -20,7 +20,7 @@ class JobRecord:
         self.owner = owner              # id of the API key that submitted it
         self.model = model              # the queue it waits in
         self.models = models            # every model its traces run on
-        self.request = request          # a serialize.Job; dropped once run
+        self.request = request          # the wire request (a dict, see serialize.request); dropped once run
         self.statuses: list[StatusMessage] = []
         self.result: Optional[bytes] = None
         self.ended: Optional[float] = None

@@ -1,48 +1,35 @@
-"""Workers: one queue and one thread per hosted model, running jobs one at a time within the limits."""
+"""Workers: one queue per hosted model, and the threads that hand its jobs, in order, to the hosting backend."""
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
-import json
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from ..remote.schema import JobStatus
-from ..tracing import local
-from ..tracing.node import location
-from .budget import Budget, LimitExceeded
-from .integrity import Pristine
-from .isolation import run_forked
+from .hosting import Hosting
 from .jobs import JobRecord
-from .limits import Limits
 
-__all__ = ["JobTimeout", "ModelWorker"]
-
-
-class JobTimeout(BaseException):
-    """Raised in the thread of a job that ran past the limit (a BaseException: model code won't catch it)."""
+__all__ = ["ModelWorker"]
 
 
 class ModelWorker:
-    """The queue of one model and the thread that runs its jobs in order."""
+    """The queue of one model and the threads (as many as its jobs that may run at once) that run its jobs."""
 
-    def __init__(self, name: str, locks: dict[str, threading.Lock], limits: Limits,
-                 pristine: dict[str, Pristine], held: Callable[[int], int]) -> None:
+    def __init__(self, name: str, hosting: Hosting, held: Callable[[int], int]) -> None:
         self.name = name
-        self.locks = locks            # one per hosted model: a job holds those of every model it uses
-        self.limits = limits
-        self.pristine = pristine      # per hosted model: its weights as loaded, put back after each job
+        self.hosting = hosting        # where a job's request runs
         self.held = held              # bytes of results an API key has not downloaded yet
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
-        self.running: Optional[JobRecord] = None
-        self.thread = threading.Thread(target=self._loop, name=f"nnglass-worker-{name}", daemon=True)
-        self.thread.start()
+        self.running: set[JobRecord] = set()
+        self.threads = [threading.Thread(target=self._loop, name=f"nnglass-worker-{name}-{i}", daemon=True)
+                        for i in range(hosting.parallel)]
+        for thread in self.threads:
+            thread.start()
 
     def __len__(self) -> int:
         """Jobs waiting or running."""
-        return len(self.queue) + (self.running is not None)
+        return len(self.queue) + len(self.running)
 
     def submit(self, record: JobRecord) -> None:
         """Queue a job and tell its owner how many jobs run before it."""
@@ -54,167 +41,28 @@ class ModelWorker:
             self.ready.notify()
 
     def close(self) -> None:
-        """Let the thread finish the queued jobs and stop."""
+        """Let the threads finish the queued jobs and stop."""
         with self.ready:
-            self.queue.append(None)
-            self.ready.notify()
-        self.thread.join()
+            self.queue.extend([None] * len(self.threads))
+            self.ready.notify_all()
+        for thread in self.threads:
+            thread.join()
 
-    # -- the thread ---------------------------------------------------------------------------------
+    # -- the threads --------------------------------------------------------------------------------
     def _next(self) -> Optional[JobRecord]:
+        """The next job, taken off the queue and counted as running (None: stop)."""
         with self.ready:
             while not self.queue:
                 self.ready.wait()
-            return self.queue.popleft()
+            record = self.queue.popleft()
+            if record is not None:
+                self.running.add(record)
+            return record
 
     def _loop(self) -> None:
         while (record := self._next()) is not None:
-            self.running = record
             try:
-                with self._models_of(record):
-                    record.post(JobStatus.RUNNING, "Your job has started running.")
-                    _Run(record, self.limits, self.held).start_and_wait()
-                    for name in sorted(record.models) if not self.limits.isolate else ():
-                        self.pristine[name].restore()
+                self.hosting.run(record, self.held(record.owner))
             finally:
-                self.running = None
-
-    @contextlib.contextmanager
-    def _models_of(self, record: JobRecord) -> Iterator[None]:
-        """Hold every model the job uses (always in name order, so two jobs cannot wait on each other)."""
-        with contextlib.ExitStack() as held:
-            for name in sorted(record.models):
-                held.enter_context(self.locks[name])
-            yield
-
-
-class _Run:
-    """One job on a thread of its own, stopped with JobTimeout if it runs past the time limit.
-
-    The exception is sent only while the job is still running (`finished` is read and written under
-    `lock`), and the thread makes one more Python call after it finishes, where the interpreter raises
-    an exception sent just before: so every JobTimeout sent is raised inside `_main`, never later.
-    """
-
-    def __init__(self, record: JobRecord, limits: Limits, held: Callable[[int], int]) -> None:
-        self.record = record
-        self.limits = limits
-        self.timeout = limits.job_timeout_s
-        self.held = held
-        self.lock = threading.Lock()
-        self.finished = False
-        self.thread = threading.Thread(target=self._main, name=f"nnglass-job-{record.id}", daemon=True)
-
-    def start_and_wait(self) -> None:
-        """Run the job; interrupt it at the time limit, then wait for it to unwind (hooks removed)."""
-        if self.limits.isolate:
-            self._forked()
-            return
-        self.thread.start()
-        self.thread.join(self.timeout)
-        if self.thread.is_alive():
-            with self.lock:
-                if not self.finished:
-                    _async_raise(self.thread.ident, JobTimeout)
-            self.thread.join()
-
-    def _forked(self) -> None:
-        """Run the job in a child process that posts through a relay; say why if it ended otherwise."""
-        record, limits = self.record, self.limits
-        relay = _Relay(record)
-        child = _Run(relay, limits, self.held)  # type: ignore[arg-type]
-        why = run_forked(relay.run(child._main), self.timeout, limits.max_job_bytes, relay.replay)
-        error = "JobCrashed" if why is None or why.startswith("crashed") else "TimeoutError"
-        record.post(JobStatus.ERROR, f"The job {why or 'ended without a result'}.", error=error)  # unless it ended
-
-    def _main(self) -> None:
-        record = self.record
-        local.set_log_handler(_Log(record, self.limits.max_log_lines))
-        try:
-            try:
-                result = self._result()
-            finally:
-                with self.lock:
-                    self.finished = True
-                _checkpoint()
-            record.finish(result)
-        except JobTimeout:
-            record.post(JobStatus.ERROR, f"The job ran longer than this server's limit of {self.timeout:g} s "
-                                         "(Limits.job_timeout_s) and was stopped.", error="TimeoutError")
-        except Exception as error:
-            node = getattr(error, "nnglass_node", None)
-            where = "{}:{}".format(*location(node.where)) if node is not None and node.where else None
-            record.post(JobStatus.ERROR, str(error), error=type(error).__name__, where=where)
-        except BaseException as error:  # an exit() or stop() that no session, loop or trace caught
-            record.post(JobStatus.ERROR, f"The job ended with {type(error).__name__}({error}) outside the "
-                                         "scope that handles it.", error=type(error).__name__)
-        finally:
-            local.set_log_handler(None)
-
-    def _result(self) -> bytes:
-        """Run the request within the tensor-size budget; its saved values as JSON, within the result limits."""
-        limits, request = self.limits, self.record.request
-        with Budget(limits.max_tensor_elements, limits.max_list_elements, limits.max_products):
-            request.run()
-        result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
-        if len(result) > limits.max_result_bytes:
-            raise LimitExceeded(f"the job's saved values take {len(result):,} bytes; this server returns at "
-                                f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
-        held = self.held(self.record.owner)
-        if held + len(result) > limits.max_held_bytes:
-            raise LimitExceeded(f"this API key has {held:,} bytes of results not downloaded yet; this server "
-                                f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
-                                "download them first")
-        return result
-
-
-class _Relay:
-    """Stands in for a job's record in its child process: statuses and the result go down the pipe."""
-
-    def __init__(self, record: JobRecord) -> None:
-        self.record = record
-        self.id, self.owner, self.request = record.id, record.owner, record.request
-        self.send: Callable[[list], None] = lambda message: None
-
-    def run(self, main: Callable[[], None]) -> Callable[[Callable[[list], None]], None]:
-        """The child's work: `main()` with this relay's `send` set to the pipe."""
-        def child(send: Callable[[list], None]) -> None:
-            self.send = send
-            main()
-        return child
-
-    def post(self, status: JobStatus, description: str = "", **fields: object) -> None:
-        self.send(["post", status.value, description, fields])
-
-    def finish(self, result: bytes) -> None:
-        self.send(["finish", result.decode()])
-
-    def replay(self, message: list) -> None:
-        """In the server: apply one message from the child to the real record."""
-        if message[0] == "finish":
-            self.record.finish(message[1].encode())
-        else:
-            self.record.post(JobStatus(message[1]), message[2], **message[3])
-
-
-class _Log:
-    """A job's log handler: each line becomes a LOG status, up to `limit` lines."""
-
-    def __init__(self, record: JobRecord, limit: int) -> None:
-        self.record, self.limit, self.lines = record, limit, 0
-
-    def __call__(self, text: str) -> None:
-        self.lines += 1
-        if self.lines > self.limit:
-            raise LimitExceeded(f"the job logged more than {self.limit:,} lines (Limits.max_log_lines)")
-        self.record.post(JobStatus.LOG, text)
-
-
-def _checkpoint() -> None:
-    """A Python call: the interpreter raises an exception pending for this thread when it enters one."""
-
-
-def _async_raise(thread: int, exception: type[BaseException]) -> None:
-    """Raise `exception` in another thread when it next runs Python code (never call it to cancel one:
-    PyThreadState_SetAsyncExc(id, NULL) leaves a flag set that makes CPython 3.11 spin under a profiler)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exception))
+                with self.ready:
+                    self.running.discard(record)
