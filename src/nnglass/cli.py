@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                        help="run each job in a forked process (default: on Linux when the weights are on the CPU)")
     serve.add_argument("--job-memory-gb", type=float, default=8, help="memory a forked job may add (default: 8)")
+    serve.add_argument("--device", help="where the weights go: cpu, cuda, cuda:1, ... (default: as loaded; "
+                                        "with --ray, cuda when the replica has a GPU)")
+    serve.add_argument("--dtype", help="weight dtype: auto (the checkpoint's), float32, bfloat16, float16")
+    serve.add_argument("--device-map", help="accelerate's placement: auto, balanced, sequential, or one device")
+    serve.add_argument("--ray", metavar="auto|ADDRESS",
+                       help="run each model replica as a Ray actor: 'auto' joins the cluster running here "
+                            "(or starts one), ADDRESS joins that cluster (e.g. ray://head:10001)")
+    serve.add_argument("--replicas", type=int, default=1, help="with --ray: replicas of the models (default: 1)")
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
@@ -68,33 +76,39 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
 
 # -- commands ---------------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
-    """Load each model once and serve them until interrupted."""
+    """Load each model once (here, or in Ray actors) and serve them until interrupted."""
     import uvicorn
 
     from .server import KeyStore, Limits, create_app
 
-    models = {}
-    for ref in args.model:
-        model = _load(ref)
-        models[model._remote_name] = model
-        print(f"nnglass serve: hosting {model._remote_name!r} ({type(model._model).__name__})", file=sys.stderr)
     limits = Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_nodes=args.max_nodes,
                     job_timeout_s=args.job_timeout, isolate=args.isolate,
                     max_job_bytes=int(args.job_memory_gb * 2**30))
+    hosting = _hosting(args, limits)
+    for name, model in hosting.models.items():
+        print(f"nnglass serve: hosting {name!r} ({type(model._model).__name__})", file=sys.stderr)
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)
-    uvicorn.run(create_app(models, args.db, limits), host=args.host, port=args.port)
+    uvicorn.run(create_app(hosting, args.db), host=args.host, port=args.port)
     return 0
 
 
-def _load(ref: str) -> Any:
-    """`smollm2` (the offline SmolLM2-135M), or a LanguageModel of a repo id or checkpoint path."""
-    if ref == "smollm2":
-        from .models import smollm2
-        return smollm2()
-    from .modeling.language import LanguageModel
-    return LanguageModel(ref)
+def _hosting(args: argparse.Namespace, limits: Any) -> Any:
+    """The backend `serve` asks for: the models loaded in this process, or replicas as Ray actors."""
+    from .server.hosting import InProcess
+    from .server.loading import Loader
+
+    loaders = [Loader(ref, args.device, args.dtype, args.device_map) for ref in args.model]  # checked before loading
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, not {args.replicas}")
+    if args.ray is None:
+        if args.replicas != 1:
+            raise ValueError("--replicas needs --ray (in this process every model is loaded once)")
+        models = [loader.load() for loader in loaders]
+        return InProcess({model._remote_name: model for model in models}, limits)
+    from .server.ray_hosting import RayHosting
+    return RayHosting(loaders, limits, replicas=args.replicas, address=args.ray)
 
 
 def _keys_create(args: argparse.Namespace) -> int:

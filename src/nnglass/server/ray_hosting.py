@@ -1,0 +1,158 @@
+"""Ray hosting: every replica of the hosted models is a Ray actor; the API process keeps no weights.
+
+Each replica actor builds every hosted model from its `Loader` (a session may use several models, and it
+runs in one process), takes one CPU and, on a cluster with GPUs, one GPU (its models then load on cuda
+unless a device is given), and runs one job at a time. The API process keeps the queues and the job
+records, and a weightless copy of each model (`Loader.shell()`, on the meta device) that requests are
+checked and decoded against before they are queued: a bad request is answered 4xx at once, as with the
+in-process backend. A queue hands each job to the least loaded replica that is up; the job's statuses
+stream back from the actor as they happen (LOG lines included).
+
+A replica that dies (killed, out of memory, a crash in native code) ends the job it was running with
+ERROR (`ReplicaDied`); Ray restarts the actor, which loads its models again, and until it is back new
+jobs go to the other replicas. The job time limit is kept inside the actor (`JobRun`); `Limits.isolate`
+and `Limits.max_job_bytes` do not apply: the actor's process is the job's sandbox.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+from typing import Any, Iterator, Optional
+
+from ..remote.schema import JobStatus
+from .integrity import Pristine
+from .jobs import JobRecord
+from .limits import Limits
+from .loading import Loader
+from .running import JobRun, Relay, execute, replay
+
+__all__ = ["RayHosting", "Replica"]
+
+
+class Replica:
+    """The Ray actor: one copy of every hosted model, and the jobs run on it one at a time."""
+
+    def __init__(self, loaders: list[Loader], limits: Limits, gpu: bool) -> None:
+        self.limits = limits
+        self.models = {}
+        for loader in loaders:
+            if gpu and loader.device is None and loader.device_map is None:
+                loader = Loader(loader.ref, "cuda", loader.dtype)
+            model = loader.load()
+            self.models[model._remote_name] = model
+        self.pristine = {name: Pristine(model._model) for name, model in self.models.items()}
+
+    def pid(self) -> int:
+        """This replica's process id (answered once its models are loaded)."""
+        return os.getpid()
+
+    def run(self, data: dict, models: list[str], held: int, job_id: str) -> Iterator[list]:
+        """Run one request; yield its Relay messages as they come; then put back what it changed."""
+        messages: queue.Queue[Optional[list]] = queue.Queue()
+        work = functools.partial(execute, data, self.models.__getitem__, self.limits, held)
+        job = JobRun(Relay(messages.put), work, self.limits, job_id)
+        threading.Thread(target=_then, args=(job.start_and_wait, messages.put), daemon=True).start()
+        while (message := messages.get()) is not None:
+            yield message
+        for name in models:
+            self.pristine[name].restore()
+
+
+class RayHosting:
+    """Replicas of the models as Ray actors, on the Ray cluster at `address` ('auto': the one running on
+    this machine, else a new local one)."""
+
+    def __init__(self, loaders: list[Loader], limits: Limits, replicas: int = 1, address: str = "auto") -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=None if address == "auto" else address)
+        self.limits = limits
+        self.models = {}
+        for loader in loaders:
+            shell = loader.shell()
+            self.models[shell._remote_name] = shell
+        gpu = ray.cluster_resources().get("GPU", 0) > 0
+        actor = ray.remote(Replica).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=-1,
+                                            max_task_retries=0)
+        self.replicas = [_Slot(index, actor.remote(loaders, limits, gpu)) for index in range(replicas)]
+        ray.get([slot.back for slot in self.replicas])  # the models load (or fail to) before the server opens
+        self.parallel = replicas
+        self.lock = threading.Lock()
+
+    def run(self, record: JobRecord, held: int) -> None:
+        """Run the job on the least loaded replica, replaying its statuses onto the record."""
+        import ray
+
+        data = record.request
+        slot = self._take()
+        record.post(JobStatus.RUNNING, f"Your job has started running on replica {slot.index}.")
+        try:
+            for ref in slot.actor.run.options(num_returns="streaming").remote(
+                    data, sorted(record.models), held, record.id):
+                replay(record, ray.get(ref))
+        except ray.exceptions.RayActorError as error:
+            slot.restarted()
+            record.post(JobStatus.ERROR, f"The replica running the job (replica {slot.index}) died, and the job "
+                                         f"with it: {_reason(error)}. Ray restarts the replica; send the job "
+                                         "again.", error="ReplicaDied")
+        finally:
+            with self.lock:
+                slot.load -= 1
+
+    def _take(self) -> _Slot:
+        """The replica with the fewest jobs given to it, among those up (all, if none is), counted busier."""
+        with self.lock:
+            slot = least_loaded(self.replicas)
+            slot.load += 1
+            return slot
+
+    def close(self) -> None:
+        """Stop the replica actors."""
+        import ray
+
+        for slot in self.replicas:
+            ray.kill(slot.actor, no_restart=True)
+
+
+class _Slot:
+    """A replica's actor handle, its jobs given and not ended, and its `pid()` answer while it (re)starts."""
+
+    def __init__(self, index: int, actor: Any) -> None:
+        self.index, self.actor, self.load = index, actor, 0
+        self.restarted()
+
+    def restarted(self) -> None:
+        """Ask for the pid the replica answers once it is (back) up: Ray restarts a dead actor, and new
+        jobs avoid it until then (the call is retried while the actor restarts)."""
+        self.back = self.actor.pid.options(max_task_retries=-1).remote()
+
+    @property
+    def up(self) -> bool:
+        """Whether the replica has answered since it last (re)started."""
+        import ray
+
+        ready, _ = ray.wait([self.back], timeout=0)
+        return bool(ready)
+
+
+def least_loaded(slots: list[_Slot]) -> _Slot:
+    """The slot that is up with the least load (the first of equals), else the least loaded of all."""
+    up = [slot for slot in slots if slot.up] or slots
+    return min(up, key=lambda slot: slot.load)
+
+
+def _then(first: Any, put: Any) -> None:
+    """Call `first()`, then `put(None)`: the end of a job's messages."""
+    try:
+        first()
+    finally:
+        put(None)
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of why Ray says the actor died."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
