@@ -55,7 +55,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def hosted(cluster, tmp_path_factory):
     loaders = [Loader("tests.server.serving:tiny_model"), Loader("tests.server.test_ray_hosting:sleepy_model")]
-    backend = RayHosting(loaders, Limits(), replicas=2)
+    backend = RayHosting(loaders, Limits(job_timeout_s=3.0), replicas=2)
     with hosting(backend, tmp_path_factory.mktemp("server")) as served:
         yield served
 
@@ -111,7 +111,7 @@ def test_a_bad_request_is_refused_before_any_replica_sees_it(hosted, net, x):
 
 
 def test_jobs_go_to_the_least_loaded_replica(hosted, x):
-    slow, busy = nap(hosted, 3.0)
+    slow, busy = nap(hosted, 2.0)
     quick = post(hosted, attack(x, node("call_method", "sum", ref(0), saved=True))).json()["job_id"]
     assert final(hosted, quick)["status"] == "COMPLETED" and replica_of(hosted, quick) == 1 - busy
     assert httpx.get(f"{hosted.url}/jobs/{slow}/status", params={"wait": 0},  # the slow job still runs
@@ -131,3 +131,11 @@ def test_a_replica_killed_mid_job_fails_that_job_and_restarts(hosted, net, x):
     after = post(hosted, attack(x, node("call_method", "sum", ref(0), saved=True))).json()["job_id"]
     assert final(hosted, after)["status"] == "COMPLETED" and replica_of(hosted, after) == 1 - index
     assert ray.get(killed.back, timeout=60) != pid  # Ray restarted the replica in a new process
+
+
+def test_a_job_stuck_past_the_time_limit_gets_its_replica_killed(hosted):
+    job, index = nap(hosted, 30.0)  # a sleep: the JobTimeout raised inside the actor waits for it to return
+    last = final(hosted, job)
+    assert last["status"] == "ERROR" and last["error"] == "TimeoutError"
+    assert f"limit of 3 s (Limits.job_timeout_s) and did not stop, so its replica (replica {index}) was killed" \
+        in last["description"]

@@ -30,6 +30,8 @@ from .running import JobRun, Relay, execute, replay
 
 __all__ = ["RayHosting", "Replica"]
 
+UNWIND_S = 5.0  # how long past the time limit a job may take to stop before its replica is killed
+
 
 class Replica:
     """The Ray actor: one copy of every hosted model, and the jobs run on it one at a time."""
@@ -83,22 +85,24 @@ class RayHosting:
         self.lock = threading.Lock()
 
     def run(self, record: JobRecord, held: int) -> None:
-        """Run the job on the least loaded replica, replaying its statuses onto the record."""
+        """Run the job on the least loaded replica, replaying its statuses onto the record; kill the replica
+        if the job outlives the time limit by `UNWIND_S` (stuck in native code, where JobTimeout cannot land)."""
         import ray
 
-        data = record.request
-        slot = self._take()
+        data, slot, limit = record.request, self._take(), self.limits.job_timeout_s
         record.post(JobStatus.RUNNING, f"Your job has started running on replica {slot.index}.")
+        stuck = threading.Timer(limit + UNWIND_S, ray.kill, (slot.actor,), {"no_restart": False})
+        stuck.start()
         try:
             for ref in slot.actor.run.options(num_returns="streaming").remote(
                     data, sorted(record.models), held, record.id):
                 replay(record, ray.get(ref))
         except ray.exceptions.RayActorError as error:
             slot.restarted()
-            record.post(JobStatus.ERROR, f"The replica running the job (replica {slot.index}) died, and the job "
-                                         f"with it: {_reason(error)}. Ray restarts the replica; send the job "
-                                         "again.", error="ReplicaDied")
+            description, name = _death(slot.index, error, limit if stuck.finished.is_set() else None)
+            record.post(JobStatus.ERROR, description, error=name)
         finally:
+            stuck.cancel()
             with self.lock:
                 slot.load -= 1
 
@@ -152,7 +156,11 @@ def _then(first: Any, put: Any) -> None:
         put(None)
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of why Ray says the actor died."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def _death(index: int, error: BaseException, limit: Optional[float]) -> tuple[str, str]:
+    """The ERROR description and error name of a job whose replica died (`limit`: killed past this time limit)."""
+    if limit is not None:
+        return (f"The job ran longer than this server's limit of {limit:g} s (Limits.job_timeout_s) and did not "
+                f"stop, so its replica (replica {index}) was killed; Ray restarts it.", "TimeoutError")
+    why = str(error).strip().splitlines()
+    return (f"The replica running the job (replica {index}) died, and the job with it: "
+            f"{why[0] if why else type(error).__name__}. Ray restarts the replica; send the job again.", "ReplicaDied")
