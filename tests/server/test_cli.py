@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from nnglass import LanguageModel
-from nnglass.cli import main
+from nnglass.cli import _hosting, _parser, main
 from nnglass.models import smollm2_path
-from nnglass.server import KeyStore
+from nnglass.server import KeyStore, Limits
 from tests.server.serving import hosting, tiny_model
 
 
@@ -47,6 +47,24 @@ def test_status_prints_the_hosted_models(tmp_path, capsys):
     assert out[2:] == out[:2]
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--dtype", "nope"], "nnglass serve: unknown dtype 'nope'"),
+    (["--device", "gpu"], "nnglass serve: unknown device 'gpu'"),
+    (["--device", "cpu", "--device-map", "auto"], "nnglass serve: give a device or a device map, not both"),
+    (["--replicas", "2"], "nnglass serve: --replicas needs --ray"),
+    (["--ray", "auto", "--replicas", "0"], "nnglass serve: --replicas must be at least 1, not 0"),
+])
+def test_serve_refuses_bad_options_before_loading(options, message, capsys):
+    assert main(["serve", "--model", "smollm2", *options]) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_serve_options_reach_the_loaded_model():
+    args = _parser().parse_args(["serve", "--model", "smollm2", "--device", "cpu", "--dtype", "bfloat16"])
+    hosting = _hosting(args, Limits())
+    assert {p.dtype for p in hosting.models["smollm2"]._model.parameters()} == {torch.bfloat16}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random Llama with the SmolLM2 tokenizer, saved as a checkpoint directory."""
@@ -68,8 +86,9 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", "serve", "--model", checkpoint,
-                                "--port", str(port), "--db", db], env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    command = ["serve", "--model", checkpoint, "--port", str(port), "--db", db, "--device-map", "cpu"]
+    process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", *command],
+                               env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:
         deadline = time.monotonic() + 90
         while True:

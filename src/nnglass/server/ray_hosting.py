@@ -78,7 +78,7 @@ class RayHosting:
             self.models[shell._remote_name] = shell
         gpu = ray.cluster_resources().get("GPU", 0) > 0
         actor = ray.remote(Replica).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=-1,
-                                            max_task_retries=0)
+                                            max_task_retries=0, scheduling_strategy="SPREAD")
         self.replicas = [_Slot(index, actor.remote(loaders, limits, gpu)) for index in range(replicas)]
         ray.get([slot.back for slot in self.replicas])  # the models load (or fail to) before the server opens
         self.parallel = replicas
