@@ -104,6 +104,19 @@ def test_remote_runs_equal_local_runs(hosted, net, x):
     assert torch.equal(hidden.value, net.layer1(x)) and torch.equal(out.value, net.layer2(edited))
 
 
+def test_a_session_across_models_runs_on_one_replica_and_logs_come_back(hosted, net, x, capsys):
+    first, sleepy = tiny_model(), sleepy_model()
+    with first.session(remote=True) as session:
+        with first.trace(x):
+            hidden = first.layer1.output
+        with sleepy.trace(torch.zeros(1, 10)):
+            sleepy.nap.output = hidden * 2
+            out = sleepy.output.save()
+        session.log("from", "a replica")
+    assert torch.equal(out.value, net.layer1(x) * 2)
+    assert capsys.readouterr().out == "from a replica\n"
+
+
 def test_a_bad_request_is_refused_before_any_replica_sees_it(hosted, net, x):
     refused(post(hosted, attack(x, node("output", "layer9"))), 400, "no module 'layer9'")
     response = post(hosted, attack(x, node("call_method", "sum", ref(0), saved=True)))
