@@ -86,6 +86,12 @@ def replica_of(hosted, job_id):
     return int(running["description"].rstrip(".").split()[-1])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the load fails for want of CUDA")
+def test_a_replica_that_cannot_load_its_models_stops_the_start(cluster):  # before `hosted` takes the CPUs
+    with pytest.raises(RuntimeError, match="a replica could not load the models: RuntimeError: device 'cuda'"):
+        RayHosting([Loader("tests.server.serving:tiny_model", device="cuda")], Limits())
+
+
 def test_the_api_process_keeps_no_weights(hosted):
     backend = hosted.app.state.host.hosting
     assert {p.device.type for m in backend.models.values() for p in m._model.parameters()} == {"meta"}

@@ -80,9 +80,19 @@ class RayHosting:
         actor = ray.remote(Replica).options(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=-1,
                                             max_task_retries=0, scheduling_strategy="SPREAD")
         self.replicas = [_Slot(index, actor.remote(loaders, limits, gpu)) for index in range(replicas)]
-        ray.get([slot.back for slot in self.replicas])  # the models load (or fail to) before the server opens
+        self._started()
         self.parallel = replicas
         self.lock = threading.Lock()
+
+    def _started(self) -> None:
+        """Wait until every replica has loaded its models; RuntimeError (replicas stopped) if one cannot."""
+        import ray
+
+        try:
+            ray.get([slot.back for slot in self.replicas])
+        except ray.exceptions.RayActorError as error:
+            self.close()
+            raise RuntimeError(f"a replica could not load the models: {_last_line(error)}") from None
 
     def run(self, record: JobRecord, held: int) -> None:
         """Run the job on the least loaded replica, replaying its statuses onto the record; kill the replica
@@ -164,3 +174,9 @@ def _death(index: int, error: BaseException, limit: Optional[float]) -> tuple[st
     why = str(error).strip().splitlines()
     return (f"The replica running the job (replica {index}) died, and the job with it: "
             f"{why[0] if why else type(error).__name__}. Ray restarts the replica; send the job again.", "ReplicaDied")
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of Ray's report of an error (the exception raised in the actor, after its traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
