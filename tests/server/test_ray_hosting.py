@@ -138,6 +138,14 @@ def test_jobs_go_to_the_least_loaded_replica(hosted, x):
     assert final(hosted, slow)["status"] == "COMPLETED"
 
 
+def test_a_job_waits_in_its_queue_while_every_replica_is_busy(hosted, x):
+    naps = [nap(hosted, 1.5)[0] for _ in range(2)]  # one on each replica
+    quick = post(hosted, attack(x, node("call_method", "sum", ref(0), saved=True))).json()["job_id"]
+    assert final(hosted, quick)["status"] == "COMPLETED"
+    started = next(s["timestamp"] for s in statuses(hosted, quick, "RUNNING") if s["status"] == "RUNNING")
+    assert started >= min(final(hosted, job)["timestamp"] for job in naps)
+
+
 def test_a_replica_killed_mid_job_fails_that_job_and_restarts(hosted, net, x):
     slots = hosted.app.state.host.hosting.replicas
     job, index = nap(hosted, 60.0)

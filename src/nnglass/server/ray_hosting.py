@@ -2,16 +2,19 @@
 
 Each replica actor builds every hosted model from its `Loader` (a session may use several models, and it
 runs in one process), takes one CPU and, on a cluster with GPUs, one GPU (its models then load on cuda
-unless a device is given), and runs one job at a time. The API process keeps the queues and the job
+unless a device is given); replicas are spread over the nodes. The API process keeps the queues, the job
 records, and a weightless copy of each model (`Loader.shell()`, on the meta device) that requests are
 checked and decoded against before they are queued: a bad request is answered 4xx at once, as with the
-in-process backend. A queue hands each job to the least loaded replica that is up; the job's statuses
-stream back from the actor as they happen (LOG lines included).
+in-process backend. A replica runs one job at a time; a queue hands each job to the least loaded replica,
+one that is up and idle, and until there is one the job waits in its queue (its position is true, and its
+time limit counts from when it runs). The job's statuses stream back from the actor as they happen (LOG
+lines included).
 
 A replica that dies (killed, out of memory, a crash in native code) ends the job it was running with
 ERROR (`ReplicaDied`); Ray restarts the actor, which loads its models again, and until it is back new
-jobs go to the other replicas. The job time limit is kept inside the actor (`JobRun`); `Limits.isolate`
-and `Limits.max_job_bytes` do not apply: the actor's process is the job's sandbox.
+jobs go to the other replicas (or wait for it). The job time limit is kept inside the actor (`JobRun`),
+and a job stuck past it in native code gets its replica killed. `Limits.isolate` and
+`Limits.max_job_bytes` do not apply: the actor's process is the job's sandbox.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ class RayHosting:
         self.replicas = [_Slot(index, actor.remote(loaders, limits, gpu)) for index in range(replicas)]
         self._started()
         self.parallel = replicas
-        self.lock = threading.Lock()
+        self.idle = threading.Condition()  # notified when a replica ends a job
 
     def _started(self) -> None:
         """Wait until every replica has loaded its models; RuntimeError (replicas stopped) if one cannot."""
@@ -113,13 +116,16 @@ class RayHosting:
             record.post(JobStatus.ERROR, description, error=name)
         finally:
             stuck.cancel()
-            with self.lock:
+            with self.idle:
                 slot.load -= 1
+                self.idle.notify()
 
     def _take(self) -> _Slot:
-        """The replica with the fewest jobs given to it, among those up (all, if none is), counted busier."""
-        with self.lock:
-            slot = least_loaded(self.replicas)
+        """The least loaded replica: one that is up and idle, once there is one (the job waits in its queue
+        until then, so its time limit counts from when it runs); counted busy."""
+        with self.idle:
+            while (slot := idle_replica(self.replicas)) is None:
+                self.idle.wait(0.2)  # a restarted replica comes back without notice
             slot.load += 1
             return slot
 
@@ -132,7 +138,7 @@ class RayHosting:
 
 
 class _Slot:
-    """A replica's actor handle, its jobs given and not ended, and its `pid()` answer while it (re)starts."""
+    """A replica's actor handle, its running jobs (0 or 1), and its `pid()` answer while it (re)starts."""
 
     def __init__(self, index: int, actor: Any) -> None:
         self.index, self.actor, self.load = index, actor, 0
@@ -152,10 +158,9 @@ class _Slot:
         return bool(ready)
 
 
-def least_loaded(slots: list[_Slot]) -> _Slot:
-    """The slot that is up with the least load (the first of equals), else the least loaded of all."""
-    up = [slot for slot in slots if slot.up] or slots
-    return min(up, key=lambda slot: slot.load)
+def idle_replica(slots: list[_Slot]) -> Optional[_Slot]:
+    """The first replica that is up and runs no job, if any."""
+    return next((slot for slot in slots if slot.load == 0 and slot.up), None)
 
 
 def _then(first: Any, put: Any) -> None:
