@@ -1,4 +1,5 @@
 # Every target builds .venv first; torch is pinned so pip takes the CPU build on this machine.
+# `make test` also installs Debian's chromium when missing (scripts/install-chromium), for the status-page tests.
 PY := .venv/bin/python
 TORCH := torch==2.13.0
 # The peer library for `make bench-peer`, in its own virtualenv with the same torch and transformers.
@@ -21,6 +22,7 @@ demo: venv
 	.venv/bin/nnglass demo
 
 test: venv
+	scripts/install-chromium
 	$(PY) -m pytest
 
 bench: venv

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import collections
 import gc
+import importlib
 import itertools
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from time import perf_counter_ns
@@ -292,6 +294,23 @@ def memory_state(net: torch.nn.Module) -> dict[str, int]:
         tensors = sum(1 for obj in objects if isinstance(obj, torch.Tensor))
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
     return {"RSS KiB": rss, "live tensors": tensors, "gc objects": len(objects), "hooks": hooks}
+
+
+# -- the server's job store ---------------------------------------------------------------------------------
+@scenario("job_store", "Server: one job status kept in memory, and written through to SQLite (nnglass only)")
+def job_store(lib: Any, settings: Settings, model_path: str) -> Figures:
+    """A LOG status posted to a job without a store and to one whose store is a SQLite file (as `nnglass serve`)."""
+    jobs, store, schema = (importlib.import_module(f"{lib.__name__}.{name}")
+                           for name in ("server.jobs", "server.store", "remote.schema"))
+    log = schema.JobStatus.LOG
+    with tempfile.TemporaryDirectory() as folder:
+        kept = jobs.JobStore(3600.0, store.Store(f"sqlite:///{folder}/jobs.db"))
+        durable = kept.new(1, "tiny", {"tiny"}, None, b"{}")
+        in_memory = jobs.JobRecord(1, "tiny", {"tiny"}, None)
+        samples = measure({"in memory": lambda: in_memory.post(log, "a line"),
+                           "SQLite": lambda: durable.post(log, "a line")}, settings.reps, settings.warmup)
+        kept.store.engine.dispose()
+    return {**times(samples), **overheads(samples, {"SQLite": "in memory"})}
 
 
 # -- targets -----------------------------------------------------------------------------------------------

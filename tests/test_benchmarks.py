@@ -61,3 +61,9 @@ def test_smollm2_scenario_smoke():
     from nnglass.models import smollm2_path
     figures = run.SCENARIOS["lm_save"][1](nnglass, TINY, str(smollm2_path()))
     assert {"forward µs", "trace, one save µs", "overhead: trace, one save %"} <= set(figures)
+
+
+def test_job_store_scenario_times_both_kinds_of_status():
+    import nnglass
+    figures = run.SCENARIOS["job_store"][1](nnglass, TINY, "")
+    assert set(figures) == {"in memory µs", "SQLite µs", "overhead: SQLite µs"}

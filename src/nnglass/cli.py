@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .remote.schema import ModelInfo
+    from .server.hosting import Hosting
+    from .server.limits import Limits
 
 DEFAULT_DB = "nnglass.db"
 
@@ -33,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     _db_option(serve)
+    serve.add_argument("--data", metavar="DIR", help="folder for request bodies and results "
+                                                     "(default: <db name>-jobs next to a SQLite --db)")
     serve.add_argument("--max-request-mb", type=float, default=256, help="largest request (default: %(default)s)")
     serve.add_argument("--max-nodes", type=int, default=100_000, help="most graph nodes per request")
     serve.add_argument("--job-timeout", type=float, default=600, help="seconds a job may run (default: %(default)s)")
@@ -90,11 +97,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)
-    uvicorn.run(create_app(hosting, args.db), host=args.host, port=args.port)
+    uvicorn.run(create_app(hosting, args.db, data=args.data), host=args.host, port=args.port)
     return 0
 
 
-def _hosting(args: argparse.Namespace, limits: Any) -> Any:
+def _hosting(args: argparse.Namespace, limits: Limits) -> Hosting:
     """The backend `serve` asks for: the models loaded in this process, or replicas as Ray actors."""
     from .server.hosting import InProcess
     from .server.loading import Loader
@@ -157,8 +164,18 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{host}: nnglass {status.nnglass}, {len(status.models)} model(s)")
     for model in status.models:
         print(f"  {model.name:<32} {model.architecture:<24} {model.parameters:>15,} parameters  "
-              f"queue {model.queue}")
+              f"queue {model.queue}{_figures(model)}")
     return 0
+
+
+def _figures(model: ModelInfo) -> str:
+    """A ModelInfo's job figures as `nnglass status` prints them after its queue ('' from an older server)."""
+    if model.running is None:
+        return ""
+    running = f"{model.running} running" + (f" (for {model.running_s:.1f} s)" if model.running_s is not None else "")
+    mean = f", mean {model.mean_s:.2f} s" if model.mean_s is not None else ""
+    return (f" ({model.waiting} waiting, {running}); {model.completed_1m} done in the last minute, "
+            f"{model.per_minute:.1f}/min over 5 min{mean}")
 
 
 def _demo(args: argparse.Namespace) -> int:

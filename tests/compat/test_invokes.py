@@ -111,9 +111,11 @@ def test_library_keywords_never_reach_the_model(tiny, x, llama, keyword):
     assert tracer.call_kwargs == {"max_new_tokens": 1} and ids.shape[1] == 2
 
 
-def test_blocking_false_is_refused(tiny, x):
-    with pytest.raises(TypeError, match="blocking=False"):
-        tiny.trace(x, blocking=False)
+def test_blocking_false_needs_a_server(tiny, x):
+    for run in (lambda: tiny.trace(x, blocking=False), lambda: tiny.trace(x, remote="local", blocking=False),
+                lambda: tiny.trace(x, trace=False, remote=True, blocking=False)):
+        with pytest.raises(TypeError, match="blocking=False sends the run to a server"):
+            run()
 
 
 def test_a_keyword_the_forward_cannot_take_is_a_clear_error(llama):

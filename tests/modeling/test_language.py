@@ -128,9 +128,9 @@ def test_invokes_of_different_lengths_match_separate_runs(arch, tokenizer):
     expected_short, expected_long = logits_of(hf, tokenizer, SHORT), logits_of(hf, tokenizer, PROMPT)
     assert short.shape == long.shape == expected_long.shape  # the short prompt is padded on the left
     n = expected_short.shape[1]
-    torch.testing.assert_close(short[:, -n:], expected_short, atol=1e-4, rtol=0)
-    torch.testing.assert_close(short[:, -1], expected_short[:, -1], atol=1e-4, rtol=0)
-    torch.testing.assert_close(long.value, expected_long, atol=1e-4, rtol=0)
+    torch.testing.assert_close(short[:, -n:], expected_short, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(short[:, -1], expected_short[:, -1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(long.value, expected_long, atol=1e-4, rtol=1e-5)
 
 
 def test_list_of_prompts_in_one_invoke_matches_separate_runs(tiny_dirs, tokenizer):
@@ -139,7 +139,7 @@ def test_list_of_prompts_in_one_invoke_matches_separate_runs(tiny_dirs, tokenize
     with model.trace([PROMPT, SHORT]):
         last = model.lm_head.output[:, -1].save()
     expected = torch.cat([logits_of(hf, tokenizer, p)[:, -1] for p in (PROMPT, SHORT)])
-    torch.testing.assert_close(last.value, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(last.value, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_generation_of_invokes_of_different_lengths_matches_separate_runs(tiny_dirs, tokenizer):
@@ -170,7 +170,7 @@ def test_tokenizer_keywords_reach_the_tokenizer(tiny_dirs, tokenizer):
     with model.trace(PROMPT, padding="max_length", max_length=12) as tracer:
         padded = model.lm_head.output.save()
     assert tracer.invoker.inputs[0][0]["attention_mask"].tolist() == [[0] * 3 + [1] * 9]
-    torch.testing.assert_close(padded.value[:, 3:], logits_of(hf, tokenizer, PROMPT), atol=1e-4, rtol=0)
+    torch.testing.assert_close(padded.value[:, 3:], logits_of(hf, tokenizer, PROMPT), atol=1e-4, rtol=1e-5)
 
 
 # -- input forms -------------------------------------------------------------------------------------------
@@ -312,8 +312,8 @@ def test_smollm2_two_invokes_ablated_and_original_in_one_pass(smol, smol_hf):
             original = smol.lm_head.output.save()
     with zeroed(smol_hf.model.layers[-1].mlp):
         expected_ablated = logits_of(smol_hf, smol.tokenizer, PROMPT)
-    torch.testing.assert_close(ablated.value, expected_ablated, atol=1e-4, rtol=0)
-    torch.testing.assert_close(original.value, logits_of(smol_hf, smol.tokenizer, PROMPT), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ablated.value, expected_ablated, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(original.value, logits_of(smol_hf, smol.tokenizer, PROMPT), atol=1e-4, rtol=1e-5)
     assert smol.tokenizer.decode(original.argmax(-1)[0][-1]) == " Paris"
     assert smol.tokenizer.decode(ablated.argmax(-1)[0][-1]) != " Paris"
 
@@ -329,8 +329,8 @@ def test_smollm2_moving_embeddings_between_prompts(smol, smol_hf):
             moved = smol.lm_head.output.save()
         with tracer.invoke(PLACEHOLDER):
             placeholder = smol.lm_head.output.save()
-    torch.testing.assert_close(moved.value, logits_of(smol_hf, tok, PROMPT), atol=1e-4, rtol=0)
-    torch.testing.assert_close(placeholder.value, logits_of(smol_hf, tok, PLACEHOLDER), atol=1e-4, rtol=0)
+    torch.testing.assert_close(moved.value, logits_of(smol_hf, tok, PROMPT), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(placeholder.value, logits_of(smol_hf, tok, PLACEHOLDER), atol=1e-4, rtol=1e-5)
     assert tok.decode(moved.argmax(-1)[0][-1]) == " Paris"
 
 
@@ -391,8 +391,8 @@ def test_smollm2_edit_applies_to_every_later_trace_of_the_edited_model(smol, smo
         expected = logits_of(smol_hf, tok, other)
     finally:
         handle.remove()
-    torch.testing.assert_close(patched.value, expected, atol=1e-4, rtol=0)
-    torch.testing.assert_close(original.value, logits_of(smol_hf, tok, other), atol=1e-4, rtol=0)
+    torch.testing.assert_close(patched.value, expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(original.value, logits_of(smol_hf, tok, other), atol=1e-4, rtol=1e-5)
     assert tok.decode(patched.value[0, -1].argmax()) == " Paris"
 
 

@@ -51,11 +51,14 @@ def test_session_moves_a_hidden_state_between_prompts(llama):
     assert llama.tokenizer.decode(remote[0][0][-1]) == " Paris"
 
 
-def test_generate_three_tokens_matches_local(llama):
+@pytest.mark.parametrize("blocking", [True, False])
+def test_generate_three_tokens_matches_local(llama, blocking):
     def run(remote):
-        with llama.generate("Hello", max_new_tokens=3, remote=remote):
+        with llama.generate("Hello", max_new_tokens=3, remote=remote, blocking=blocking or not remote) as tracer:
             logits = llama.lm_head.output.save()
             out = llama.generator.output.save()
+        if tracer.job is not None:
+            assert set(tracer.job.result()) == {"logits", "out"}
         return logits.value, out.value
 
     (local_logits, local_out), (logits, out) = run(False), run(True)

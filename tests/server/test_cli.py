@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from nnglass import LanguageModel
-from nnglass.cli import _hosting, _parser, main
+from nnglass.cli import _figures, _hosting, _parser, main
+from nnglass.remote.schema import ModelInfo
 from nnglass.models import smollm2_path
 from nnglass.server import KeyStore, Limits
 from tests.server.serving import hosting, tiny_model
@@ -45,6 +46,11 @@ def test_status_prints_the_hosted_models(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{served.url}: nnglass 0.1.0, 1 model(s)" and out[1].split()[:3] == ["tiny", "Sequential", "82"]
     assert out[2:] == out[:2]
+
+
+def test_status_of_an_older_server_prints_the_queue_only():
+    older = ModelInfo.model_validate({"name": "tiny", "architecture": "Net", "parameters": 3, "queue": 2})
+    assert _figures(older) == ""
 
 
 @pytest.mark.parametrize("options, message", [
@@ -86,7 +92,8 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    command = ["serve", "--model", checkpoint, "--port", str(port), "--db", db, "--device-map", "cpu"]
+    command = ["serve", "--model", checkpoint, "--port", str(port), "--db", db, "--data", str(tmp_path / "jobs"),
+               "--device-map", "cpu"]
     process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", *command],
                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:
@@ -112,6 +119,7 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
 
         remote, local = run(True), run(False)
         assert all(torch.equal(a, b) for a, b in zip(remote, local))
+        assert sorted(path.name for path in (tmp_path / "jobs").iterdir()) == ["requests", "results"]
     finally:
         process.terminate()
         process.wait(30)

@@ -175,4 +175,4 @@ def test_jobs_are_private_and_results_are_handed_out_once(hosted, tiny, x):
     assert httpx.get(f"{hosted.url}/jobs/{job}/result", headers=theirs).status_code == 404
     first = httpx.get(f"{hosted.url}/jobs/{job}/result", headers=mine)
     assert first.status_code == 200 and int(first.headers["content-length"]) == len(first.content)
-    refused(httpx.get(f"{hosted.url}/jobs/{job}/result", headers=mine), 404, "downloaded already")
+    refused(httpx.get(f"{hosted.url}/jobs/{job}/result", headers=mine), 410, "downloaded already")

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from nnglass.intervention.trace import Trace as Tracer
+from nnglass import remote
 from nnglass.remote import serialize
 from nnglass.remote.client import execute_remote
+from nnglass.remote.schema import JobStatus
 from nnglass.server import BackgroundServer
 from tests.server.serving import hosting, tiny_model
 
@@ -37,9 +39,11 @@ def recorded(model, x):
 
 def test_status_lists_the_hosted_models(hosted):
     status = httpx.get(f"{hosted.url}/status").json()
+    idle = {"queue": 0, "waiting": 0, "running": 0, "running_s": None, "completed_1m": 0, "per_minute": 0.0,
+            "mean_s": None}  # the first test of the module: no job ran yet
     assert status["models"] == [
-        {"name": "tiny", "architecture": "Sequential", "parameters": 82, "queue": 0},
-        {"name": "tiny2", "architecture": "Sequential", "parameters": 82, "queue": 0}]
+        {"name": "tiny", "architecture": "Sequential", "parameters": 82, **idle},
+        {"name": "tiny2", "architecture": "Sequential", "parameters": 82, **idle}]
     page = httpx.get(f"{hosted.url}/")
     assert page.headers["content-type"].startswith("text/html")
     assert "<td>tiny2</td><td>Sequential</td><td class=n>82</td>" in page.text
@@ -72,6 +76,10 @@ def test_queued_jobs_learn_their_position(hosted, x):
     for position, job in enumerate(jobs):
         statuses = httpx.get(f"{hosted.url}/jobs/{job}/status", params={"wait": 0}, headers=key).json()
         assert statuses[1]["status"] == "QUEUED" and statuses[1]["position"] == position
+    ended = [remote.job(job).wait().status for job in jobs]  # the first ran while the others waited
+    positions = [[s["position"] for s in httpx.get(f"{hosted.url}/jobs/{job}/status", headers=key).json()
+                  if s["status"] == "QUEUED"] for job in jobs]
+    assert ended == [JobStatus.COMPLETED] * 3 and positions == [[0], [1], [2, 1]]  # the last moved up when the second started
 
 
 def test_polling_when_the_server_has_no_websockets(hosted, net, x, caplog):

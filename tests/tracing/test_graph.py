@@ -6,7 +6,7 @@ def test_create_node_appends_and_links_users():
     graph = Graph()
     a = graph.create_node("call_function", max, (1, 2))
     b = graph.create_node("call_function", min, (a, 3), deps=[a])
-    assert graph.nodes == [a, b] and a.users == [b] and b.deps == [a]
+    assert graph.nodes == [a, b] and a.users == [b.index] and b.deps == [a]
     assert (a.index, b.index, b.name) == (0, 1, "call_function_1")
 
 
@@ -16,7 +16,7 @@ def test_depend_adds_a_wait_once():
     graph.depend(b, a)
     graph.depend(b, a)
     graph.depend(b, b)
-    assert b.deps == [a] and a.users == [b]
+    assert b.deps == [a] and a.users == [b.index]
 
 
 def test_nodes_hold_no_values_or_run_state():

@@ -236,7 +236,7 @@ class Interleaver(Interpreter):
             again = set(closure) | {node}
             for user in closure:
                 self.skipped.discard(user)
-                self.waiting[user] = sum(1 for dep in user.deps if dep in again)
+                self.waiting[user.index] = sum(1 for dep in user.deps if dep in again)
         self.given.add(node)
         self.complete(node, value)
 
@@ -262,7 +262,7 @@ class Interleaver(Interpreter):
         """Whether node has yet to run (after a drain: it waits for a value, or is an event not yet given)."""
         if node in self.skipped:
             return False
-        return self.waiting[node] > 0 or (node.op in self.external and node not in self.given)
+        return self.waiting[node.index] > 0 or (node.op in self.external and node not in self.given)
 
     def first_missing(self, node: Node) -> Node:
         """Follow pending dependencies down to the value that never arrived."""
@@ -343,6 +343,8 @@ class Interleaver(Interpreter):
 
     def restore_parameters(self) -> None:
         """Undo in-place edits of parameters (last edit first)."""
+        if not self.originals:
+            return
         with torch.no_grad():
             for tensor, original in reversed(self.originals):
                 tensor.copy_(original)
@@ -417,14 +419,15 @@ def _tensor_of(module: torch.nn.Module, name: str) -> torch.Tensor:
 
 def _downstream(node: Node) -> list[Node]:
     """Every node that depends on node, directly or not, in definition order."""
-    seen: dict[int, Node] = {}
+    nodes = node.graph.nodes
+    seen: set[int] = set()
     todo = list(node.users)
     while todo:
         user = todo.pop()
-        if user.index not in seen:
-            seen[user.index] = user
-            todo.extend(user.users)
-    return [seen[i] for i in sorted(seen)]
+        if user not in seen:
+            seen.add(user)
+            todo.extend(nodes[user].users)
+    return [nodes[i] for i in sorted(seen)]
 
 
 def _event_name(node: Node) -> str:

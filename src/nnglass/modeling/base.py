@@ -19,14 +19,21 @@ __all__ = ["NNsight", "batch_slices", "BACKENDS", "library_options"]
 BACKENDS: dict[str, Any] = {}
 
 
-def backend_for(remote: Any) -> Backend | None:
-    """The backend `remote=` asks for: None (here) or a registered one ("remote" for True)."""
+def backend_for(remote: Any, blocking: bool = True, at_once: bool = False) -> Backend | None:
+    """The backend `remote=` asks for: None (here) or a registered one ("remote" for True).
+
+    `blocking=False` (a server run that returns at once, with a job handle) needs `remote=True`, and a
+    block (`at_once`: the call itself returns the output, as `trace=False` does, so it must wait).
+    """
+    if not blocking and (remote is not True or at_once):
+        raise TypeError("blocking=False sends the run to a server and returns at once: give remote=True too, "
+                        "inside a with-block (then tracer.job.result() waits for the values).")
     if not remote:
         return None
     name = "remote" if remote is True else remote
     if name not in BACKENDS:
         raise ValueError(f"Unknown remote={remote!r}: use True (a server) or one of {sorted(BACKENDS)}.")
-    return BACKENDS[name]()
+    return BACKENDS[name]() if blocking else BACKENDS[name](blocking=False)
 
 
 class NNsight(Envoy):
@@ -43,10 +50,13 @@ class NNsight(Envoy):
         self._add_aliases(rename or {})  # e.g. {"transformer.h": "layers"}: model.layers is model.transformer.h
 
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-              invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
-        """`with model.trace(input) as tracer:` records interventions and runs them on exit."""
+              invoker_args: dict | None = None, remote: bool = False, blocking: bool = True, **kwargs: Any) -> Any:
+        """`with model.trace(input) as tracer:` records interventions and runs them on exit.
+
+        With `remote=True, blocking=False` the exit only sends the run to the server: `tracer.job` is its handle.
+        """
         invoker_args = library_options(kwargs, invoker_args)
-        backend = backend_for(remote)
+        backend = backend_for(remote, blocking, at_once=not trace)
         if not trace:
             with Trace(self, inputs, kwargs, invoker_args=invoker_args, backend=backend):
                 output = self.output.save()
@@ -58,10 +68,14 @@ class NNsight(Envoy):
         """`with model.scan(input):` gives shapes and dtypes without running the model."""
         return Trace(self, inputs, kwargs, scan=True, run=False)
 
-    def session(self, remote: bool = False, scan: bool = False, validate: bool = False, **options: Any) -> Session:
-        """`with model.session() as session:` runs the traces inside in order, at exit; scan/validate apply to each."""
+    def session(self, remote: bool = False, scan: bool = False, validate: bool = False, blocking: bool = True,
+                **options: Any) -> Session:
+        """`with model.session() as session:` runs the traces inside in order, at exit; scan/validate apply to each.
+
+        With `remote=True, blocking=False` the exit only sends it to the server: `session.job` is its handle.
+        """
         library_options(options)
-        return Session(self, backend_for(remote), scan, validate)
+        return Session(self, backend_for(remote, blocking), scan, validate)
 
     def edit(self, inplace: bool = False) -> Editor:
         """`with model.edit() as edited:` makes interventions that apply to every later trace."""
@@ -113,15 +127,13 @@ class NNsight(Envoy):
 def library_options(kwargs: dict, invoker_args: dict | None = None) -> dict | None:
     """Take the library's own 0.4 keywords out of kwargs; return the invoker_args (or 0.4.11's `invoker_kwargs`).
 
-    `debug` is accepted with no effect (errors always name the user's line); `blocking=True` is what
-    runs do; `blocking=False` is refused rather than passed to the model.
+    `debug` is accepted with no effect (errors always name the user's line); `blocking` is a keyword of
+    the run itself (never passed to the model).
     """
     alias = kwargs.pop("invoker_kwargs", None)
     if alias is not None and invoker_args is not None:
         raise TypeError("Give either invoker_args or invoker_kwargs (its nnsight 0.4.11 name), not both.")
     kwargs.pop("debug", None)
-    if not kwargs.pop("blocking", True):
-        raise TypeError("blocking=False is not supported here: runs return when their results are in.")
     return invoker_args if alias is None else alias
 
 

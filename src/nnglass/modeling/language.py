@@ -96,20 +96,21 @@ class LanguageModel(NNsight):
 
     # -- running ------------------------------------------------------------------------------------
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-              invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
+              invoker_args: dict | None = None, remote: bool = False, blocking: bool = True, **kwargs: Any) -> Any:
         """`with model.trace(prompt):` one forward pass; keywords other than tokenizer ones go to the model."""
         return self._run("forward", inputs, kwargs, trace=trace, scan=scan, validate=validate,
-                         invoker_args=invoker_args, remote=remote)
+                         invoker_args=invoker_args, remote=remote, blocking=blocking)
 
     def generate(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
-                 invoker_args: dict | None = None, remote: bool = False, **kwargs: Any) -> Any:
+                 invoker_args: dict | None = None, remote: bool = False, blocking: bool = True,
+                 **kwargs: Any) -> Any:
         """`with model.generate(prompt, max_new_tokens=n):` generation; module calls are the steps (`.next()`).
 
         Keywords other than tokenizer ones (`max_new_tokens`, `do_sample`, `max_length`, ...) go to the
         model's `generate`; give tokenizer keywords such as `max_length` through `invoker_args`.
         """
         return self._run("generate", inputs, kwargs, trace=trace, scan=scan, validate=validate,
-                         invoker_args=invoker_args, remote=remote)
+                         invoker_args=invoker_args, remote=remote, blocking=blocking)
 
     def scan(self, *inputs: Any, **kwargs: Any) -> Trace:
         """`with model.scan(prompt):` shapes and dtypes without running (or loading) the model."""
@@ -121,7 +122,8 @@ class LanguageModel(NNsight):
         self.dispatch()
         return super().edit(inplace)
 
-    def _run(self, method: str, inputs: tuple, kwargs: dict, *, trace: bool, remote: bool, **options: Any) -> Any:
+    def _run(self, method: str, inputs: tuple, kwargs: dict, *, trace: bool, remote: bool, blocking: bool,
+             **options: Any) -> Any:
         """A Tracer that runs `method`; with `trace=False` the output at once (generated ids for generate)."""
         options["invoker_args"] = library_options(kwargs, options["invoker_args"])
         invoke_kwargs, call_kwargs = _split(kwargs, method)
@@ -130,7 +132,7 @@ class LanguageModel(NNsight):
         if not remote:
             self.dispatch()
         tracer = Trace(self, inputs, invoke_kwargs, method=method, call_kwargs=call_kwargs,
-                       backend=backend_for(remote), **options)
+                       backend=backend_for(remote, blocking, at_once=not trace), **options)
         if trace:
             return tracer
         with tracer:

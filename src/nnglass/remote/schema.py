@@ -57,6 +57,13 @@ class ModelInfo(BaseModel):
     architecture: str
     parameters: int
     queue: int  # jobs waiting or running
+    # figures of newer servers (None from older ones)
+    waiting: Optional[int] = None           # jobs queued, not running yet
+    running: Optional[int] = None           # jobs running now
+    running_s: Optional[float] = None       # how long the longest-running of them has run, in seconds
+    completed_1m: Optional[int] = None      # jobs that ended in the last minute
+    per_minute: Optional[float] = None      # jobs ended per minute over the last five minutes
+    mean_s: Optional[float] = None          # mean run time of the jobs that ended in the last five minutes
 
 
 class ServerStatus(BaseModel):
@@ -119,6 +126,7 @@ class RequestSpec(_Wire):
     graphs: list[GraphSpec] = Field(min_length=1)
     inputs: Any = None
     tensors: str = ""
+    names: dict[str, Any] = {}  # the client's variable names of saved values, returned with the result
 
     def traced_models(self) -> set[str]:
         """The model names that the request's traces run on (its own queue's model included)."""

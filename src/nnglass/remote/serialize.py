@@ -1,14 +1,17 @@
 """Serialize: intervention graphs to JSON and back (no pickle, no code), and their saved results."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 from .. import __version__
 from ..intervention.backend import run_experiment
 from ..intervention.source import ensure
+from ..tracing.compile import variables
 from ..tracing.graph import Graph
 from ..tracing.node import Node, location
 from ..tracing.patching import originals
+from ..tracing.proxy import Proxy
 from . import allowlist
 from .allowlist import WireError
 from .values import Decoder, Encoder
@@ -37,6 +40,32 @@ def request(recorder: Any, unnamed: str | None = None) -> dict:
 
 def _ref(node: Node) -> dict:
     return {"$node": [node.graph.id, node.index]}
+
+
+def saved_names(recorder: Any) -> dict:
+    """The with-block's variables that hold saved proxies (alone, or in lists, tuples and dicts), by name,
+    each proxy as a reference to its node: the server sends them back, so a result can be read by name."""
+    encode = Encoder(ref=_ref)
+    names = {}
+    for name, value in variables(recorder).items():
+        nodes = _saved_nodes(value, recorder.experiment)
+        if nodes is not None:
+            names[name] = encode(nodes)
+    return names
+
+
+def _saved_nodes(value: Any, experiment: Any, depth: int = 0) -> Any:
+    """value with each saved proxy of the experiment as its node; None if it holds anything else, or nothing."""
+    if isinstance(value, Proxy):
+        return value.node if value.experiment is experiment and value.node.saved else None
+    kind = type(value)
+    if depth >= 4 or kind not in (list, tuple, dict) or not value:
+        return None
+    items = value.items() if kind is dict else enumerate(value)
+    nodes = {key: _saved_nodes(item, experiment, depth + 1) for key, item in items}
+    if any(node is None for node in nodes.values()):
+        return None
+    return nodes if kind is dict else kind(nodes.values())
 
 
 def _encode_graph(graph: Graph, encode: Encoder, unnamed: str | None = None) -> dict:
@@ -92,6 +121,7 @@ class Job:
     def __init__(self, data: dict, models: Callable[[str], Any]) -> None:
         check_version(data)
         self.models = models
+        self.names = data.get("names") or {}  # saved values by the client's variable names, sent back as given
         self.decode = Decoder(data.get("tensors", ""), ref=self._node)
         self.graphs: list[Graph] = []
         self.results: dict[Node, Any] = {}
@@ -188,8 +218,8 @@ class Job:
         run_experiment(root, self.graphs, self.results, lambda graph: graph.meta["model"], modules)
 
     def encoded_results(self) -> dict:
-        """The saved values, encoded for the way back."""
-        return results(self.results)
+        """The saved values, encoded for the way back (with the names the client gave them)."""
+        return {**results(self.results), "names": self.names}
 
 
 def _shell(graph: Graph, spec: dict) -> Node:
@@ -235,9 +265,24 @@ def results(saved: dict) -> dict:
     return {"values": values, "tensors": encode.blob()}
 
 
-def apply_results(recorder: Any, data: dict) -> None:
-    """Give the client's saved proxies the values the server computed."""
-    experiment = recorder.experiment
+def saved_values(data: dict) -> dict[tuple[int, int], Any]:
+    """The saved values of a result, by (graph, node) position."""
     decode = Decoder(data.get("tensors", ""))
-    for g, index, value in data["values"]:
-        experiment.results[experiment.graphs[g].nodes[index]] = decode(value)
+    return {(g, index): decode(value) for g, index, value in data["values"]}
+
+
+def apply_results(recorder: Any, data: dict, values: dict[tuple[int, int], Any] | None = None) -> None:
+    """Give the client's saved proxies the values the server computed (`values`: those of data, decoded)."""
+    experiment = recorder.experiment
+    for (g, index), value in (saved_values(data) if values is None else values).items():
+        experiment.results[experiment.graphs[g].nodes[index]] = value
+
+
+def by_name(data: dict, values: dict[tuple[int, int], Any]) -> dict[str, Any]:
+    """The saved values by the variable names the request gave them (a name whose value never ran is left out)."""
+    decode = Decoder("", ref=lambda ref: values[tuple(ref)])
+    named = {}
+    for name, refs in (data.get("names") or {}).items():
+        with contextlib.suppress(KeyError, TypeError, WireError):
+            named[name] = decode(refs)
+    return named

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
@@ -18,19 +19,24 @@ from .hosting import Hosting, InProcess
 from .jobs import JobRecord
 from .keys import KeyInfo, KeyStore
 from .limits import Limits
+from .store import Store
 
 
 def create_app(models: dict[str, Any] | Hosting, database_url: str = "sqlite:///nnglass.db",
-               limits: Optional[Limits] = None) -> FastAPI:
-    """The server for `models`, with API keys in the database at `database_url`.
+               limits: Optional[Limits] = None, data: Optional[os.PathLike] = None) -> FastAPI:
+    """The server for `models`, with API keys and jobs in the database at `database_url`.
 
     `models`: name -> NNsight model, run in this process within `limits`; or a hosting backend (such as
     `nnglass.server.ray_hosting.RayHosting`), which brings its own limits.
+
+    Request bodies and results are files in the folder `data` (default: next to a SQLite database file,
+    `<name>-jobs`). Jobs that a previous server left there are taken up again at start-up.
     `app.state.keys` is the KeyStore and `app.state.host` the Host (models, workers, jobs).
     """
     redact.install()
     keys = KeyStore(database_url)
-    host = Host(models if isinstance(models, Hosting) else InProcess(models, limits or Limits()))
+    hosting = models if isinstance(models, Hosting) else InProcess(models, limits or Limits())
+    host = Host(hosting, Store(database_url, data))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,8 +64,8 @@ def create_app(models: dict[str, Any] | Hosting, database_url: str = "sqlite:///
     def job_of(job_id: str, key: KeyInfo) -> JobRecord:
         record = host.jobs.find(job_id, key.id)
         if record is None:
-            raise HTTPException(404, f"no job {job_id!r} for this key (unknown, expired, or its result "
-                                     "was downloaded already)")
+            raise HTTPException(404, f"no job {job_id!r} for this key (unknown, or expired: this server keeps a "
+                                     f"job {host.limits.result_ttl_s:g} s after it ends)")
         return record
 
     @app.post("/jobs", response_model=SubmitResponse)
@@ -97,9 +103,12 @@ def create_app(models: dict[str, Any] | Hosting, database_url: str = "sqlite:///
     @app.get("/jobs/{job_id}/result")
     def result(job_id: str, key: KeyInfo = Depends(caller)) -> Response:
         """The saved values of a completed job (JSON, tensors as safetensors); handed out once."""
-        body = host.jobs.take_result(job_id, key.id)
+        record = job_of(job_id, key)
+        body = host.jobs.take_result(record)
         if body is None:
-            record = job_of(job_id, key)
+            if record.downloaded:
+                raise HTTPException(410, f"the result of job {job_id!r} was downloaded already (a result is "
+                                         "handed out once)")
             raise HTTPException(409, f"job {job_id!r} has no result: "
                                      + ("it has not finished" if record.ended is None else "it ended with an error"))
         return Response(body, media_type="application/json")

@@ -1,9 +1,10 @@
 """Host: the models a server runs, their workers, and the checks a request passes before it is queued."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import HTTPException
 from pydantic import ValidationError
@@ -14,7 +15,8 @@ from ..remote.allowlist import WireError
 from ..remote.schema import JobStatus, ModelInfo, RequestSpec, ServerStatus, SubmitResponse
 from .audit import audit
 from .hosting import Hosting
-from .jobs import JobRecord, JobStore
+from .jobs import JobStore
+from .store import Store
 from .workers import ModelWorker
 
 __all__ = ["Host"]
@@ -23,18 +25,27 @@ __all__ = ["Host"]
 class Host:
     """Hosted models by name, one queue each, and the jobs sent to them; a hosting backend runs the jobs."""
 
-    def __init__(self, hosting: Hosting) -> None:
+    def __init__(self, hosting: Hosting, store: Optional[Store] = None) -> None:
         self.hosting = hosting
         self.models = hosting.models    # what requests are checked and decoded against before they are queued
         self.limits = hosting.limits
-        self.jobs = JobStore(self.limits.result_ttl_s)
+        self.jobs = JobStore(self.limits.result_ttl_s, store)
         self.workers = {name: ModelWorker(name, hosting, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
+        self._resume()
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:
         """Check a request, decode it, and queue it for its model; HTTPException says what is wrong."""
         data = _json(body, self.limits.max_depth)
         spec = self._checked(data)
+        self._check_decoding(data)
+        record = self.jobs.new(owner, spec.model, spec.traced_models(), data, body)  # the backend decodes it again
+        record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
+        self.workers[spec.model].submit(record)
+        return SubmitResponse(job_id=record.id, model=spec.model)
+
+    def _check_decoding(self, data: Any) -> None:
+        """Decode and audit the request against the hosted models; HTTPException says what is wrong."""
         try:
             request = serialize.Job(data, self.models.__getitem__)
             audit(request, self.limits)
@@ -44,11 +55,23 @@ class Host:
             raise HTTPException(400, str(error)) from error
         except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
             raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
-        record = JobRecord(owner, spec.model, spec.traced_models(), data)  # the backend decodes it again
-        self.jobs.add(record)
-        record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
-        self.workers[spec.model].submit(record)
-        return SubmitResponse(job_id=record.id, model=spec.model)
+
+    def _resume(self) -> None:
+        """Queue again, in their order, the jobs a previous run of the server left waiting."""
+        for record in self.jobs.reload():
+            try:
+                body = self.jobs.store.request(record.id)
+                if body is None:
+                    raise HTTPException(500, "its request was not found in the server's data folder")
+                data = _json(body, self.limits.max_depth)
+                self._checked(data)
+                self._check_decoding(data)
+                record.request = data
+            except HTTPException as error:
+                record.post(JobStatus.ERROR, f"The server restarted while this job waited and could not queue it "
+                                             f"again: {error.detail}", error="ServerRestarted")
+                continue
+            self.workers[record.model].submit(record)
 
     def _checked(self, data: Any) -> RequestSpec:
         """The request's shape, size and models, checked before anything is decoded."""
@@ -77,11 +100,17 @@ class Host:
         return spec
 
     def status(self) -> ServerStatus:
-        """The hosted models with their size and queue length."""
-        return ServerStatus(nnglass=__version__, models=[
-            ModelInfo(name=public_name(name), architecture=type(model._model).__name__, parameters=self.sizes[name],
-                      queue=len(self.workers[name]))
-            for name, model in self.models.items()])
+        """The hosted models with their size, queue, running jobs and recent throughput."""
+        return ServerStatus(nnglass=__version__, models=[self._info(name) for name in self.models])
+
+    def _info(self, name: str) -> ModelInfo:
+        """One hosted model as `/status` lists it."""
+        worker = self.workers[name]
+        figures = worker.stats.figures()
+        queue = len(worker)  # a job that ends in between is in the figures, not in the queue: hence max(..., 0)
+        return ModelInfo(name=public_name(name), architecture=type(self.models[name]._model).__name__,
+                         parameters=self.sizes[name], queue=queue, waiting=max(queue - figures.running, 0),
+                         **dataclasses.asdict(figures))
 
     def close(self) -> None:
         """Finish the queued jobs, stop the workers and let go of the backend."""

@@ -20,6 +20,7 @@ from .isolation import run_forked
 from .jobs import JobRecord
 from .limits import Limits
 from .running import JobRun, Relay, execute, replay
+from .stats import JobStats
 
 __all__ = ["Hosting", "InProcess"]
 
@@ -32,9 +33,9 @@ class Hosting(Protocol):
     models: dict[str, Any]  # name -> a model to decode requests against (weightless where the weights live apart)
     parallel: int           # how many jobs of one queue may run at once
 
-    def run(self, record: JobRecord, held: int) -> None:
-        """Run the job to its end, posting RUNNING and then its final status (`held`: bytes of results its
-        key has not downloaded yet)."""
+    def run(self, record: JobRecord, held: int, stats: JobStats) -> None:
+        """Run the job to its end, posting RUNNING and then its final status, counted in `stats` while it runs
+        (`held`: bytes of results its key has not downloaded yet)."""
 
     def close(self) -> None:
         """Let go of whatever the backend holds (threads, actors)."""
@@ -57,10 +58,10 @@ class InProcess:
         # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
         self.pristine = {} if self.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
 
-    def run(self, record: JobRecord, held: int) -> None:
+    def run(self, record: JobRecord, held: int, stats: JobStats) -> None:
         """Run the job here once it holds every model it uses; put back whatever it changed in them."""
         data = record.request
-        with self._models_of(record):
+        with self._models_of(record), stats.running():
             record.post(JobStatus.RUNNING, "Your job has started running.")
             work = functools.partial(execute, data, self.models.__getitem__, self.limits, held)
             if self.isolate:

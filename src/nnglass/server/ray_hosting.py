@@ -30,6 +30,7 @@ from .jobs import JobRecord
 from .limits import Limits
 from .loading import Loader
 from .running import JobRun, Relay, execute, replay
+from .stats import JobStats
 
 __all__ = ["RayHosting", "Replica"]
 
@@ -97,13 +98,24 @@ class RayHosting:
             self.close()
             raise RuntimeError(f"a replica could not load the models: {_last_line(error)}") from None
 
-    def run(self, record: JobRecord, held: int) -> None:
-        """Run the job on the least loaded replica, replaying its statuses onto the record; kill the replica
-        if the job outlives the time limit by `UNWIND_S` (stuck in native code, where JobTimeout cannot land)."""
+    def run(self, record: JobRecord, held: int, stats: JobStats) -> None:
+        """Run the job on the least loaded replica, once one is idle."""
+        data, slot = record.request, self._take()
+        try:
+            with stats.running():
+                record.post(JobStatus.RUNNING, f"Your job has started running on replica {slot.index}.")
+                self._stream(slot, record, data, held)
+        finally:
+            with self.idle:
+                slot.load -= 1
+                self.idle.notify()
+
+    def _stream(self, slot: _Slot, record: JobRecord, data: dict, held: int) -> None:
+        """Run the request on the replica, replaying its statuses onto the record; kill the replica if the job
+        outlives the time limit by `UNWIND_S` (stuck in native code, where JobTimeout cannot land)."""
         import ray
 
-        data, slot, limit = record.request, self._take(), self.limits.job_timeout_s
-        record.post(JobStatus.RUNNING, f"Your job has started running on replica {slot.index}.")
+        limit = self.limits.job_timeout_s
         stuck = threading.Timer(limit + UNWIND_S, ray.kill, (slot.actor,), {"no_restart": False})
         stuck.start()
         try:
@@ -116,9 +128,6 @@ class RayHosting:
             record.post(JobStatus.ERROR, description, error=name)
         finally:
             stuck.cancel()
-            with self.idle:
-                slot.load -= 1
-                self.idle.notify()
 
     def _take(self) -> _Slot:
         """The least loaded replica: one that is up and idle, once there is one (the job waits in its queue

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 from ..remote.schema import JobStatus
 from .hosting import Hosting
 from .jobs import JobRecord
+from .stats import JobStats
 
 __all__ = ["ModelWorker"]
 
@@ -22,6 +23,7 @@ class ModelWorker:
         self.queue: collections.deque[Optional[JobRecord]] = collections.deque()
         self.ready = threading.Condition()
         self.running: set[JobRecord] = set()
+        self.stats = JobStats()       # jobs running now, recent throughput (the status page)
         self.threads = [threading.Thread(target=self._loop, name=f"nnglass-worker-{name}-{i}", daemon=True)
                         for i in range(hosting.parallel)]
         for thread in self.threads:
@@ -34,11 +36,14 @@ class ModelWorker:
     def submit(self, record: JobRecord) -> None:
         """Queue a job and tell its owner how many jobs run before it."""
         with self.ready:
-            ahead = len(self)
-            record.post(JobStatus.QUEUED, f"Your job is in the queue of {self.name}; {ahead} job(s) before it.",
-                        position=ahead)
+            self._queued(record, len(self))
             self.queue.append(record)
             self.ready.notify()
+
+    def _queued(self, record: JobRecord, ahead: int) -> None:
+        """Tell a job's owner its place in the queue."""
+        record.post(JobStatus.QUEUED, f"Your job is in the queue of {self.name}; {ahead} job(s) before it.",
+                    position=ahead)
 
     def close(self) -> None:
         """Let the threads finish the queued jobs and stop."""
@@ -57,12 +62,15 @@ class ModelWorker:
             record = self.queue.popleft()
             if record is not None:
                 self.running.add(record)
+                for ahead, waiting in enumerate(self.queue, start=len(self.running)):  # each moved up by one
+                    if waiting is not None:
+                        self._queued(waiting, ahead)
             return record
 
     def _loop(self) -> None:
         while (record := self._next()) is not None:
             try:
-                self.hosting.run(record, self.held(record.owner))
+                self.hosting.run(record, self.held(record.owner), self.stats)
             finally:
                 with self.ready:
                     self.running.discard(record)

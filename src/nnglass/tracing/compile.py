@@ -7,8 +7,8 @@ entering such a block we read its source (linecache), rewrite those statements i
 `context.cond(...)`, a plain one stays an `if`; a loop over a proxy becomes `session.iter(...)`
 in a session and is unrolled by its `.shape[0]` in a trace; `break`/`continue` under an `if` on
 a proxy guard the rest of the loop; `print` of a proxy becomes `context.log(...)`), and compile
-the result as a function with the user's file and line numbers. The original body is skipped: a trace function
-raises `SkipBody` at its first line and the context's `__exit__` runs the compiled body instead,
+the result as a function with the user's file and line numbers (the rewriting is tracing/rewrite.py).
+The original body is skipped: a trace function raises `SkipBody` at its first line and the context's `__exit__` runs the compiled body instead,
 then writes its variables back into the user's frame. A body that needs no rewriting runs as
 written. Either way, after the outermost context ran, saved proxies that the block refers to
 (also inside lists, dicts and tuples) are replaced in the user's frame by their real values.
@@ -51,12 +51,11 @@ from ..config import CONFIG
 from . import frames
 from .errors import TraceError
 from .proxy import Proxy
+from .rewrite import BODY, Unsupported, compile_body, stored, walk_scope
 from .runtime import UNSET, Runtime
 
-__all__ = ["enter", "exit", "save"]
+__all__ = ["enter", "exit", "save", "variables"]
 
-_BODY = "__nnglass_body__"
-_RUNTIME = "__nnglass__"
 _local = threading.local()
 
 
@@ -68,6 +67,7 @@ class _Opened:
     frame: FrameType | None
     block: Block | None
     pending: list = field(default_factory=list)
+    values: dict | None = None  # a compiled body's variables at its end (the frame has them only later)
 
 
 def _opened() -> list[_Opened]:
@@ -122,10 +122,23 @@ def save(value: Any) -> Any:
     return value
 
 
+def variables(context: Any) -> dict[str, Any]:
+    """The variables that the with-block of `context` refers to, as they are at its end (while it closes)."""
+    opened = next((o for o in reversed(_opened()) if o.context is context), None)
+    if opened is None or opened.frame is None:
+        return {}
+    if opened.values is not None:
+        return dict(opened.values)
+    namespace = frames.read(opened.frame)
+    names = opened.block.names if opened.block is not None else namespace
+    return {name: namespace[name] for name in names if name in namespace}
+
+
 def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
     """Run the compiled body, then close the context with its outcome; write the variables back."""
     try:
         before, values = _call_body(opened)
+        opened.values = values
         _mark_saved(opened.pending)
     except BaseException as exc:
         close(type(exc), exc, exc.__traceback__)
@@ -145,15 +158,17 @@ def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
     block, frame = opened.block, opened.frame
     namespace = frames.read(frame)
     before = {name: namespace[name] for name in block.params if name in namespace}
-    values = FunctionType(block.code, frame.f_globals, _BODY, block.defaults)(Runtime(block.filename), **before)
+    values = FunctionType(block.code, frame.f_globals, BODY, block.defaults)(Runtime(block.filename), **before)
     return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
 
 
 def _after(value: Any, before: Any) -> Any:
     """A variable's value after a compiled block: real values; a saved proxy whose node never ran (its
-    `if` did not hold, the model stopped first) gives back the value the variable had before the block."""
+    `if` did not hold, the model stopped first) gives back the value the variable had before the block; the
+    proxies of a run that did not block (`blocking=False`) stay, to be filled when its result is in."""
     real = _real(value)
-    if real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building:
+    if (real is value and isinstance(value, Proxy) and value.node.saved and not value.experiment.building
+            and value.experiment.pending is None):
         try:
             value.value
         except ValueError:
@@ -344,9 +359,10 @@ def _read_block(frame_code: CodeType, line: int, module_globals: dict) -> Block 
         return Block(filename, first, names, reason="its body is on the line of the `with`: start it on a new line")
     params = _params(node.body, names, frame_code)
     try:
-        code = _compile_body(copy.deepcopy(node.body), params, filename, first)
-    except _Unsupported as unsupported:
+        code = compile_body(copy.deepcopy(node.body), params, filename, first)
+    except Unsupported as unsupported:
         return Block(filename, first, names, reason=f"{filename}:{unsupported.line}: {unsupported}")
+    _COMPILED.add(code)
     return Block(filename, first, names, code, params)
 
 
@@ -377,23 +393,10 @@ def _with_at(tree: ast.AST, line: int) -> ast.With | ast.AsyncWith | None:
     return found
 
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-
-
-def _walk_scope(nodes: list[ast.AST]) -> Any:
-    """Every node of these statements, not descending into nested functions and classes."""
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        yield node
-        if not isinstance(node, _SCOPES):
-            stack.extend(ast.iter_child_nodes(node))
-
-
 def _names(body: list[ast.stmt]) -> tuple[str, ...]:
     """Variables the body refers to (anywhere in it, nested functions included), minus `global` ones."""
     names = {node.id for stmt in body for node in ast.walk(stmt) if isinstance(node, ast.Name)}
-    names -= {name for node in _walk_scope(body) if isinstance(node, ast.Global) for name in node.names}
+    names -= {name for node in walk_scope(body) if isinstance(node, ast.Global) for name in node.names}
     return tuple(sorted(name for name in names if not name.startswith("__nnglass")))
 
 
@@ -402,21 +405,16 @@ def _params(body: list[ast.stmt], names: tuple[str, ...], frame_code: CodeType) 
 
     Other names (globals, builtins) stay free in the compiled body, so they resolve as in the original.
     """
-    stored = _stored(body)
+    written = stored(body)
     local = set()
     if frame_code.co_flags & inspect.CO_OPTIMIZED:
         local = {*frame_code.co_varnames, *frame_code.co_cellvars, *frame_code.co_freevars}
-    return tuple(name for name in names if name in stored or name in local)
-
-
-def _stored(body: list[ast.stmt]) -> set[str]:
-    """Variables the statements set (not counting nested functions and classes)."""
-    return {node.id for node in _walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+    return tuple(name for name in names if name in written or name in local)
 
 
 def _needs_compiling(body: list[ast.stmt]) -> bool:
     """Whether the body has control flow, prints or f-strings that cannot run on proxies as written."""
-    for node in _walk_scope(body):
+    for node in walk_scope(body):
         if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)):
             return True
         if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
@@ -424,200 +422,3 @@ def _needs_compiling(body: list[ast.stmt]) -> bool:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
             return True
     return False
-
-
-def _compile_body(body: list[ast.stmt], names: tuple[str, ...], filename: str, first: int) -> CodeType:
-    """The rewritten body as the code of `def __nnglass_body__(__nnglass__, *names): ...; return locals()`."""
-    rewritten = _Rewriter().block(body)
-    function = ast.FunctionDef(
-        name=_BODY, args=ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in (_RUNTIME, *names)],
-                                       kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=_unset_prologue(names) + rewritten + [ast.Return(_call(_name("locals"), []))],
-        decorator_list=[], returns=None, type_comment=None)
-    module = ast.Module([ast.copy_location(function, body[0])], type_ignores=[])
-    ast.fix_missing_locations(module)  # new nodes get their parent's line: errors show the user's lines
-    try:
-        module_code = compile(module, filename, "exec")
-    except SyntaxError as error:
-        raise _Unsupported(error.lineno or first, f"cannot compile this with-block: {error.msg}") from None
-    code = next(c for c in module_code.co_consts if isinstance(c, CodeType))
-    _COMPILED.add(code)
-    return code
-
-
-def _unset_prologue(names: tuple[str, ...]) -> list[ast.stmt]:
-    """`if x is __nnglass__.unset: del x` for each name: variables that did not exist stay unbound."""
-    return [ast.If(ast.Compare(_name(n), [ast.Is()], [_attr(_name(_RUNTIME), "unset")]),
-                   [ast.Delete([ast.Name(n, ast.Del())])], []) for n in names]
-
-
-# -- the rewriting ---------------------------------------------------------------------------------------
-class _Unsupported(Exception):
-    """A construct that cannot be compiled, at a line of the user's source."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-def _name(name: str) -> ast.Name:
-    return ast.Name(name, ast.Load())
-
-
-def _attr(value: ast.expr, name: str) -> ast.Attribute:
-    return ast.Attribute(value, name, ast.Load())
-
-
-def _call(func: ast.expr, args: list[ast.expr]) -> ast.Call:
-    return ast.Call(func, args, [])
-
-
-def _runtime(method: str, *args: ast.expr) -> ast.Call:
-    return _call(_attr(_name(_RUNTIME), method), list(args))
-
-
-_NOT_IN_BLOCK = {
-    ast.Return: "it has a `return`: assign the result and return after the block",
-    ast.Yield: "it has a `yield`: collect the values and yield after the block",
-    ast.YieldFrom: "it has a `yield from`: yield after the block",
-    ast.Await: "it has an `await`: await before or after the block",
-    ast.Nonlocal: "it has a `nonlocal` statement: declare the name before the block",
-}
-
-
-class _Rewriter(ast.NodeTransformer):
-    """Rewrites control flow, prints and f-strings of a body into calls of the Runtime (`__nnglass__`)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.loops: list[str] = []   # names of the enclosing loops' Loop objects, innermost last
-
-    def fresh(self, kind: str) -> str:
-        self.count += 1
-        return f"__nnglass_{kind}{self.count}"
-
-    def block(self, statements: list[ast.stmt]) -> list[ast.stmt]:
-        """The rewritten statements of a block."""
-        out: list[ast.stmt] = []
-        for statement in statements:
-            new = self.visit(statement)
-            out.extend(new if isinstance(new, list) else [new])
-        return out
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        message = _NOT_IN_BLOCK.get(type(node))
-        if message is not None:
-            raise _Unsupported(node.lineno, message)
-        return super().generic_visit(node)
-
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
-        return node   # runs later, maybe outside any trace: left as written
-
-    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
-
-    def visit_If(self, node: ast.If) -> list[ast.stmt]:
-        """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
-        name = self.fresh("branch")
-        both = sorted(_stored(node.body) & _stored(node.orelse))  # cannot be merged after a proxy condition
-        test = self.truth(self.visit(node.test))
-        body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
-        if node.orelse:
-            body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
-        call = _runtime("branch", test, ast.Constant(node.lineno))
-        return [self.within(node, call, name, body), *(self.merged(node, name, var) for var in both)]
-
-    def merged(self, node: ast.If, branch: str, var: str) -> ast.Try:
-        """`try: var = b.merged("var", var) except NameError: pass`, after an if that sets var in both branches."""
-        value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var)])
-        handler = ast.ExceptHandler(_name("NameError"), None, [ast.Pass()])
-        return ast.copy_location(ast.Try([ast.Assign([ast.Name(var, ast.Store())], value)], [handler], [], []), node)
-
-    def visit_For(self, node: ast.For) -> ast.With:
-        """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""
-        name = self.fresh("loop")
-        iterable = self.visit(node.iter)
-        target, body = self.unpacking(node)
-        loop = ast.For(target, _name(name), body + self.loop_body(name, node.body), self.block(node.orelse), None)
-        return self.within(node, _runtime("loop", iterable, ast.Constant(node.lineno)), name, [loop])
-
-    def unpacking(self, node: ast.For) -> tuple[ast.expr, list[ast.stmt]]:
-        """`for a, b in it` -> `for t in it: a, b = rt.unpack(t, 2)`, so that items that are proxies unpack."""
-        target = node.target
-        if not isinstance(target, (ast.Tuple, ast.List)) or any(isinstance(e, ast.Starred) for e in target.elts):
-            return target, []
-        item = self.fresh("item")
-        unpack = _runtime("unpack", _name(item), ast.Constant(len(target.elts)), ast.Constant(node.lineno))
-        return ast.Name(item, ast.Store()), [ast.copy_location(ast.Assign([target], unpack), node)]
-
-    def visit_While(self, node: ast.While) -> ast.With:
-        """`while c: A` -> a loop whose test must be a plain value (`while` on a proxy cannot be compiled)."""
-        name = self.fresh("loop")
-        test = _runtime("plain", self.truth(self.visit(node.test)), ast.Constant("while"), ast.Constant(node.lineno))
-        loop = ast.While(test, self.loop_body(name, node.body), self.block(node.orelse))
-        return self.within(node, _runtime("loop", ast.Constant(None), ast.Constant(node.lineno)), name, [loop])
-
-    def loop_body(self, name: str, body: list[ast.stmt]) -> list[ast.stmt]:
-        self.loops.append(name)
-        try:
-            return self.block(body)
-        finally:
-            self.loops.pop()
-
-    def visit_Break(self, node: ast.stmt) -> ast.If:
-        """`break` -> `if l.break_(): break` (a session loop records `iterator.exit()` instead)."""
-        return self.jump(node, "break_")
-
-    def visit_Continue(self, node: ast.stmt) -> ast.If:
-        return self.jump(node, "continue_")
-
-    def jump(self, node: ast.stmt, method: str) -> ast.If:
-        if not self.loops:
-            word = method.rstrip("_")
-            raise _Unsupported(node.lineno, f"it has a `{word}` out of the block: "
-                                            f"set a flag inside the block and {word} after it")
-        test = _call(_attr(_name(self.loops[-1]), method), [ast.Constant(node.lineno)])
-        return ast.copy_location(ast.If(test, [node], []), node)
-
-    def visit_IfExp(self, node: ast.IfExp) -> ast.IfExp:
-        node = self.generic_visit(node)
-        node.test = _runtime("plain", self.truth(node.test), ast.Constant("ifexp"), ast.Constant(node.lineno))
-        return node
-
-    def visit_Call(self, node: ast.Call) -> ast.Call:
-        """`print(...)` -> `rt.print(print, ...)`: a log node when it prints proxies or runs conditionally."""
-        node = self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id == "print":
-            node.args = [node.func, *node.args]
-            node.func = _attr(_name(_RUNTIME), "print")
-        return node
-
-    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
-        """`f"a {x!r:>4}"` -> `rt.fstring("a ", (x, 114, ">4"))`: a string, or a proxy of one."""
-        if not any(isinstance(v, ast.FormattedValue) for v in node.values):
-            return node
-        parts: list[ast.expr] = []
-        for value in node.values:
-            if isinstance(value, ast.FormattedValue):
-                spec = self.visit(value.format_spec) if value.format_spec is not None else ast.Constant("")
-                parts.append(ast.Tuple([self.visit(value.value), ast.Constant(value.conversion), spec], ast.Load()))
-            else:
-                parts.append(value)
-        return ast.copy_location(_runtime("fstring", *parts), node)
-
-    def truth(self, test: ast.expr) -> ast.expr:
-        """`not`, `and`, `or` of a condition as Runtime calls, so that they work on proxies."""
-        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-            return ast.copy_location(_runtime("not_", self.truth(test.operand)), test)
-        if isinstance(test, ast.BoolOp):
-            method = "and_" if isinstance(test.op, ast.And) else "or_"
-            result = self.truth(test.values[0])
-            for value in test.values[1:]:
-                later = ast.Lambda(ast.arguments([], [], None, [], [], None, []), self.truth(value))
-                result = ast.copy_location(_runtime(method, result, later), test)
-            return result
-        return test
-
-    def within(self, node: ast.stmt, call: ast.Call, name: str, body: list[ast.stmt]) -> ast.With:
-        """`with <call> as <name>: body`, at node's location."""
-        item = ast.withitem(call, ast.Name(name, ast.Store()))
-        return ast.copy_location(ast.With([item], body, None), node)

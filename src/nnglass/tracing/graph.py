@@ -38,18 +38,19 @@ class Graph:
                     deps: list[Node] | None = None, nested: bool = False, where: Any = None,
                     invoke: int | None = None) -> Node:
         """Append a node and link it as a user of its dependencies."""
-        deps = deps if deps is not None else []
-        node = Node(op, target, args, kwargs or NO_KWARGS, self, len(self.nodes), deps, nested, where, invoke)
-        for dep in deps:
-            dep.users.append(node)
-        self.nodes.append(node)
+        nodes = self.nodes
+        index = len(nodes)
+        node = Node(op, target, args, kwargs or NO_KWARGS, self, index, deps or [], nested, where, invoke)
+        for dep in node.deps:
+            dep.users.append(index)
+        nodes.append(node)
         return node
 
     def depend(self, node: Node, dep: Node) -> None:
         """Make node (of this graph) also wait for dep (of this graph)."""
         if dep is not node and dep not in node.deps:
             node.deps.append(dep)
-            dep.users.append(node)
+            dep.users.append(node.index)
 
     def ancestors(self) -> list[Graph]:
         """This graph, its parent, and so on up to the root."""

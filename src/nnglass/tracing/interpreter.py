@@ -39,8 +39,8 @@ class Interpreter:
         self.run_state = run
         self.results = run.results
         self.env: dict[Node, Any] = env if env is not None else {}
-        self.waiting: dict[Node, int] = {}
-        self.uses: dict[Node, int] = {}
+        self.waiting: list[int] = []  # by node index: inputs not there yet
+        self.uses: list[int] = []     # by node index: users that have not run yet
         self.keep: set[Node] = set(graph.exports)
         self.skipped: set[Node] = set()
         self.ready: list[int] = []
@@ -48,13 +48,10 @@ class Interpreter:
 
     def start(self) -> None:
         """Count what each node waits for and queue those that wait for nothing."""
-        waiting, uses, ready, external = self.waiting, self.uses, self.ready, self.external
-        for node in self.graph.nodes:
-            count = waiting[node] = len(node.deps)
-            uses[node] = len(node.users)
-            if count == 0 and node.op not in external:
-                ready.append(node.index)
-        heapq.heapify(ready)
+        nodes, external = self.graph.nodes, self.external
+        self.waiting = [len(node.deps) for node in nodes]
+        self.uses = [len(node.users) for node in nodes]
+        self.ready = [node.index for node in nodes if not node.deps and node.op not in external]  # sorted: a heap
 
     def run(self) -> dict:
         """Run the whole graph; its env afterwards."""
@@ -100,16 +97,17 @@ class Interpreter:
         for user in node.users:
             count = waiting[user] = waiting[user] - 1
             if count == 0:
-                heapq.heappush(ready, user.index)
+                heapq.heappush(ready, user)
         uses, keep = self.uses, self.keep
         for dep in node.deps:
-            count = uses[dep] = uses[dep] - 1
+            count = uses[dep.index] = uses[dep.index] - 1
             if count == 0 and dep not in keep:
                 env.pop(dep, None)
 
     def skip(self, node: Node) -> None:
         """Mark everything that depends on node as never running (a false condition)."""
-        todo = list(node.users)
+        nodes = self.graph.nodes
+        todo = [nodes[i] for i in node.users]
         while todo:
             user = todo.pop()
             if user in self.skipped or user in self.env:
@@ -119,12 +117,12 @@ class Interpreter:
                 self.complete(user, None)
                 continue
             if user.op == "stop" and user.target == "barrier":  # a barrier waits for what runs, not what is skipped
-                self.waiting[user] -= 1
-                if self.waiting[user] == 0:
+                self.waiting[user.index] -= 1
+                if self.waiting[user.index] == 0:
                     heapq.heappush(self.ready, user.index)
                 continue
             self.skipped.add(user)
-            todo.extend(user.users)
+            todo.extend(nodes[i] for i in user.users)
 
     def subgraph(self, node: Node) -> tuple[Graph, dict]:
         """The graph a node runs (by id) and its initial env: the outer values it reads."""

@@ -59,7 +59,7 @@ class Node:
     """One operation: `op` names the interpreter method, `target` what it calls or reads.
 
     `deps` are the nodes of the same graph this one waits for (its arguments, an open condition,
-    a subgraph's outer values); `users` the nodes of the same graph that wait for it. Arguments may
+    a subgraph's outer values); `users` the indices of the nodes of the same graph that wait for it. Arguments may
     also name nodes of enclosing graphs (their values are in the env when this graph runs).
     """
 
@@ -75,7 +75,7 @@ class Node:
         self.graph = graph
         self.index = index
         self.deps = deps
-        self.users: list[Node] = []
+        self.users: list[int] = []  # indices: no reference cycle between a node and its users
         self.where = where
         self.invoke = invoke
         self.saved = False

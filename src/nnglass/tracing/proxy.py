@@ -38,6 +38,8 @@ class Proxy:
         """The node's value; raises if it was never set or not saved."""
         value = self.experiment.results.get(self.node, _MISSING)
         if value is _MISSING:
+            if self.experiment.pending is not None:
+                raise ValueError(self.experiment.pending)
             hint = _NOT_RUN if self.experiment.building else ""
             raise ValueError("Accessing value before it's been set." + hint)
         return value

@@ -1,8 +1,9 @@
 """Tracer: records what the user writes on proxies into graphs; one leak-proof enter and exit."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+import torch
 
 from . import compile
 from .errors import TraceError
@@ -11,21 +12,23 @@ from .local import current, stack
 from .node import Node, user_line
 from .patching import install_patches, pause_gc, remove_patches, resume_gc
 from .proxy import Proxy
-from .walk import leaves, map_leaves
+from .walk import map_leaves
 
 __all__ = ["Experiment", "Tracer"]
 
 _CONTAINERS = (tuple, list, dict, slice)
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.Tensor})  # never hold a proxy
 
 
 class Experiment:
     """The graphs of one outermost `with` block (a trace, or a session with its traces and loops).
 
     `building` is True while the block records; `results` holds the saved values once it ran;
-    `recorder` is the innermost open recorder (where operations on this experiment's proxies go).
+    `recorder` is the innermost open recorder (where operations on this experiment's proxies go);
+    `pending` says where the values are while a run that did not block has not delivered them.
     """
 
-    __slots__ = ("graphs", "building", "results", "recorder", "owners")
+    __slots__ = ("graphs", "building", "results", "recorder", "owners", "pending")
 
     def __init__(self) -> None:
         self.graphs: list[Graph] = []
@@ -33,6 +36,7 @@ class Experiment:
         self.building = True
         self.results: dict[Node, Any] = {}
         self.recorder: Any = None
+        self.pending: str | None = None
 
     def new_graph(self, parent: Graph | None, kind: str, meta: dict | None = None) -> Graph:
         """A graph of this experiment, referenced by its id (its position in `graphs`)."""
@@ -59,6 +63,7 @@ class Tracer:
         self.guard: Node | None = None
         self.backward: Node | None = None
         self.checker: Callable[[Node], Any] | None = None  # runs each new node on fake values (validate)
+        self.job: Any = None  # a run that does not block (remote, blocking=False): its job handle
         self._entered = False
 
     # -- the context ----------------------------------------------------------------------------
@@ -141,28 +146,37 @@ class Tracer:
         """Record one operation in the open graph; proxies among the arguments become dependencies."""
         graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
-        nested = False
-        unwrapped = []
-        for arg in args:
-            if type(arg) is Proxy and arg.experiment is experiment and arg.node.graph is graph:
-                arg = arg.node  # the common case, inlined
+        inside: list[Node] = []  # nodes found inside containers
+        unwrapped = list(args)
+        for position, arg in enumerate(args):
+            kind = type(arg)
+            if kind in _PLAIN:
+                continue
+            if kind is Proxy and arg.experiment is experiment and arg.node.graph is graph:
+                arg = unwrapped[position] = arg.node  # the common case, inlined
                 if arg not in deps:
                     deps.append(arg)
-            elif type(arg) in _CONTAINERS or isinstance(arg, Proxy):
-                before = len(deps)
-                arg = map_leaves(arg, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
-                nested = nested or (len(deps) > before or type(arg) is not Node and _holds_node(arg))
-            unwrapped.append(arg)
+            elif kind in _CONTAINERS:
+                unwrapped[position] = map_leaves(arg, lambda v: self._unwrap(v, deps, inside))
+            elif isinstance(arg, Proxy):
+                unwrapped[position] = self.node_of(arg, deps)
         if kwargs:
-            before = len(deps)
-            kwargs = map_leaves(kwargs, lambda v: self.node_of(v, deps) if isinstance(v, Proxy) else v)
-            nested = nested or len(deps) > before or _holds_node(kwargs)
+            kwargs = map_leaves(kwargs, lambda v: self._unwrap(v, deps, inside))
         if guarded and self.guard is not None and self.guard not in deps:
             deps.append(self.guard)
-        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, nested, user_line(), self.current_invoke)
+        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, bool(inside), user_line(),
+                                 self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node
+
+    def _unwrap(self, value: Any, deps: list[Node], inside: list[Node]) -> Any:
+        """A leaf inside a container argument: a proxy becomes its node (noted in inside)."""
+        if isinstance(value, Proxy):
+            value = self.node_of(value, deps)
+        if type(value) is Node:
+            inside.append(value)
+        return value
 
     def proxy(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> Proxy:
         """Record one operation and return its proxy."""
@@ -184,17 +198,9 @@ class Tracer:
                 deps.append(anchor)
         return node
 
-    @contextlib.contextmanager
-    def scope(self, **state: Any) -> Iterator[None]:
-        """Set recording state (graph, current_invoke, guard, backward) for the block, then restore it."""
-        before = {name: getattr(self, name) for name in state}
-        for name, value in state.items():
-            setattr(self, name, value)
-        try:
-            yield
-        finally:
-            for name, value in before.items():
-                setattr(self, name, value)
+    def scope(self, **state: Any) -> Scope:
+        """Set recording state (graph, current_invoke, guard, backward) for a block, then restore it."""
+        return Scope(self, state)
 
     def backward_recorded(self, node: Node) -> None:
         """A `backward` node was recorded (subclasses tie earlier gradient reads to it)."""
@@ -202,6 +208,25 @@ class Tracer:
     def open_backward(self, node: Node | None) -> None:
         """Make new `.grad` nodes belong to this backward pass (None: no pass)."""
         self.backward = node
+
+
+class Scope:
+    """`with tracer.scope(name=value):` sets the tracer's attributes for the block and puts them back after."""
+
+    __slots__ = ("tracer", "state", "before")
+
+    def __init__(self, tracer: Tracer, state: dict[str, Any]) -> None:
+        self.tracer, self.state = tracer, state
+
+    def __enter__(self) -> None:
+        tracer = self.tracer
+        self.before = {name: getattr(tracer, name) for name in self.state}
+        for name, value in self.state.items():
+            setattr(tracer, name, value)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, value in self.before.items():
+            setattr(self.tracer, name, value)
 
 
 def link(node: Node, graph: Graph) -> Node | None:
@@ -224,6 +249,3 @@ def link(node: Node, graph: Graph) -> Node | None:
     common.depend(readers[-1].owner, anchor)
     return None
 
-
-def _holds_node(value: Any) -> bool:
-    return any(type(leaf) is Node for leaf in leaves(value))

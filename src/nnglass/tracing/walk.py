@@ -11,17 +11,40 @@ __all__ = ["map_leaves", "leaves", "zip_leaves"]
 _PLAIN = (tuple, list, dict)
 
 
+_LEAF, _SEQUENCE, _MAPPING, _SLICE, _DATACLASS = range(5)
+_kinds: dict[type, int] = {}  # type -> how the walker takes its values apart (types do not change kind)
+
+
+def _kind(kind: type) -> int:
+    """How values of a type are taken apart: leaf, sequence, mapping, slice or dataclass (cached)."""
+    found = _kinds.get(kind)
+    if found is None:
+        if issubclass(kind, (tuple, list)):
+            found = _SEQUENCE
+        elif issubclass(kind, Mapping):
+            found = _MAPPING
+        elif issubclass(kind, slice):
+            found = _SLICE
+        else:
+            found = _DATACLASS if dataclasses.is_dataclass(kind) and not issubclass(kind, type) else _LEAF
+        if len(_kinds) > 10_000:  # types made on the fly: keep the cache bounded
+            _kinds.clear()
+        _kinds[kind] = found
+    return found
+
+
 def _parts(value: Any) -> list[tuple[Any, Any]] | None:
     """(key, child) pairs of a container, or None for a leaf."""
-    if isinstance(value, (tuple, list)):
+    kind = _kind(type(value))
+    if kind == _LEAF:
+        return None
+    if kind == _SEQUENCE:
         return list(enumerate(value))
-    if isinstance(value, Mapping):
+    if kind == _MAPPING:
         return list(value.items())
-    if isinstance(value, slice):
+    if kind == _SLICE:
         return [("start", value.start), ("stop", value.stop), ("step", value.step)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
-    return None
+    return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
 
 
 def _rebuild(value: Any, children: dict[Any, Any]) -> Any:
@@ -49,6 +72,8 @@ def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
         return kind([map_leaves(v, fn) for v in value])
     if kind is dict:
         return {k: map_leaves(v, fn) for k, v in value.items()}
+    if _kinds.get(kind) == _LEAF:
+        return fn(value)
     parts = _parts(value)
     if parts is None:
         return fn(value)
@@ -62,7 +87,7 @@ def leaves(value: Any) -> Iterator[Any]:
         for child in value.values() if kind is dict else value:
             yield from leaves(child)
         return
-    parts = _parts(value)
+    parts = None if _kinds.get(kind) == _LEAF else _parts(value)
     if parts is None:
         yield value
     else:
