@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from .remote.schema import ModelInfo
+    from .server.hosting import Hosting
+    from .server.limits import Limits
 
 DEFAULT_DB = "nnglass.db"
 
@@ -48,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="most queued jobs run as one forward (default: %(default)s; 1: no batching)")
     serve.add_argument("--batch-window-ms", type=float, default=5,
                        help="how long a job waits for others to share its forward (default: %(default)s)")
+    serve.add_argument("--device", help="where the weights go: cpu, cuda, cuda:1, ... (default: as loaded; "
+                                        "with --ray, cuda when the replica has a GPU)")
+    serve.add_argument("--dtype", help="weight dtype: auto (the checkpoint's), float32, bfloat16, float16")
+    serve.add_argument("--device-map", help="accelerate's placement: auto, balanced, sequential, or one device")
+    serve.add_argument("--ray", metavar="auto|ADDRESS",
+                       help="run each model replica as a Ray actor: 'auto' joins the cluster running here "
+                            "(or starts one), ADDRESS joins that cluster (e.g. ray://head:10001)")
+    serve.add_argument("--replicas", type=int, default=1, help="with --ray: replicas of the models (default: 1)")
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
@@ -77,7 +87,7 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
 
 # -- commands ---------------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
-    """Load each model once and serve them until interrupted."""
+    """Load each model once (here, or in Ray actors) and serve them until interrupted."""
     from .server.numerics import use_strict_gemm
     use_strict_gemm()  # before any matrix product: batched jobs then get bit-identical values
 
@@ -85,29 +95,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .server import KeyStore, Limits, create_app
 
-    models = {}
-    for ref in args.model:
-        model = _load(ref)
-        models[model._remote_name] = model
-        print(f"nnglass serve: hosting {model._remote_name!r} ({type(model._model).__name__})", file=sys.stderr)
     limits = Limits(max_request_bytes=int(args.max_request_mb * 2**20), max_nodes=args.max_nodes,
                     job_timeout_s=args.job_timeout, isolate=args.isolate,
                     max_job_bytes=int(args.job_memory_gb * 2**30), batch_size=args.batch_size,
                     batch_window_s=args.batch_window_ms / 1000)
+    hosting = _hosting(args, limits)
+    for name, model in hosting.models.items():
+        print(f"nnglass serve: hosting {name!r} ({type(model._model).__name__})", file=sys.stderr)
     if not any(key.active for key in KeyStore(args.db).keys()):
         print(f"nnglass serve: no API key yet; make one with `nnglass keys create --name NAME --db {args.db}`",
               file=sys.stderr)
-    uvicorn.run(create_app(models, args.db, limits, args.data), host=args.host, port=args.port)
+    uvicorn.run(create_app(hosting, args.db, data=args.data), host=args.host, port=args.port)
     return 0
 
 
-def _load(ref: str) -> Any:
-    """`smollm2` (the offline SmolLM2-135M), or a LanguageModel of a repo id or checkpoint path."""
-    if ref == "smollm2":
-        from .models import smollm2
-        return smollm2()
-    from .modeling.language import LanguageModel
-    return LanguageModel(ref)
+def _hosting(args: argparse.Namespace, limits: Limits) -> Hosting:
+    """The backend `serve` asks for: the models loaded in this process, or replicas as Ray actors."""
+    from .server.hosting import InProcess
+    from .server.loading import Loader
+
+    loaders = [Loader(ref, args.device, args.dtype, args.device_map) for ref in args.model]  # checked before loading
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, not {args.replicas}")
+    if args.ray is None:
+        if args.replicas != 1:
+            raise ValueError("--replicas needs --ray (in this process every model is loaded once)")
+        models = [loader.load() for loader in loaders]
+        return InProcess({model._remote_name: model for model in models}, limits)
+    from .server.ray_hosting import RayHosting
+    return RayHosting(loaders, limits, replicas=args.replicas, address=args.ray)
 
 
 def _keys_create(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ def steps(job) -> list[JobStatus]:
 
 
 def test_a_trace_returns_before_its_job_runs_and_fills_its_values_later(hosted, tiny, net, x):
-    with hosted.app.state.host.workers["tiny"].locks["tiny"]:  # the worker waits for the model meanwhile
+    with hosted.app.state.host.hosting.locks["tiny"]:  # the worker waits for the model meanwhile
         with tiny.trace(x, remote=True, blocking=False) as tracer:
             hidden = tiny.layer1.output.save()
             out = tiny.output.save()

@@ -25,6 +25,7 @@ from nnglass.remote.values import Decoder
 from nnglass.server import Limits
 from nnglass.server.batching import fits, group_key, merge, shares_forward, split
 from nnglass.server.host import Host
+from nnglass.server.hosting import InProcess
 from nnglass.server.numerics import gemm_batch_invariant
 from tests.conftest import tiny_llama
 from tests.server.serving import tiny_model
@@ -36,7 +37,7 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park"]  # o
 def host(tok):
     llama = LanguageModel(tiny_llama(tok, 2), tokenizer=tok)
     llama._remote_name = "llama"
-    served = Host({"tiny": tiny_model(), "llama": llama}, Limits())
+    served = Host(InProcess({"tiny": tiny_model(), "llama": llama}, Limits()))
     yield served
     served.close()
 
@@ -69,7 +70,7 @@ def alone(host: Host, data: dict) -> dict:
 def queued(host: Host, model: str):
     """Hold the model while jobs are submitted, so that they wait in its queue together."""
     worker = host.workers[model]
-    with worker.locks[model]:
+    with host.hosting.locks[model]:
         yield worker
 
 
@@ -301,7 +302,7 @@ def test_a_failing_job_fails_alone_and_the_others_get_their_results(host):
 
 def test_each_job_has_its_own_result_limits():
     big = Limits(max_result_bytes=1500)
-    served = Host({"tiny": tiny_model()}, big)
+    served = Host(InProcess({"tiny": tiny_model()}, big))
     try:
         small = recorded(tiny_model(), "tiny", [torch.rand(1, 5)], read_layer1)
         large = recorded(tiny_model(), "tiny", [torch.rand(30, 5)], read_layer1)
@@ -315,7 +316,7 @@ def test_each_job_has_its_own_result_limits():
 
 def test_a_group_past_the_tensor_limit_runs_job_by_job():
     # four jobs' inputs together make a [4, 5] batch, past the limit; one job's [1, 5] input is not concatenated
-    served = Host({"tiny": tiny_model()}, Limits(max_tensor_elements=15))
+    served = Host(InProcess({"tiny": tiny_model()}, Limits(max_tensor_elements=15)))
     try:
         requests = [recorded(tiny_model(), "tiny", [torch.rand(1, 5) * k], read_layer1) for k in range(4)]
         records, runs = submitted(served, "tiny", requests)
@@ -328,7 +329,7 @@ def test_a_group_past_the_tensor_limit_runs_job_by_job():
 
 def test_jobs_in_the_server_process_share_one_forward():
     model = tiny_model()
-    served = Host({"tiny": model}, Limits(isolate=False))
+    served = Host(InProcess({"tiny": model}, Limits(isolate=False)))
     calls = []
     handle = model._model.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -370,7 +371,7 @@ class TableNet(torch.nn.Module):
 def tabled():
     model = nnglass.NNsight(TableNet())
     model._remote_name = "tabled"
-    served = Host({"tabled": model}, Limits())
+    served = Host(InProcess({"tabled": model}, Limits()))
     yield served
     served.close()
 

@@ -38,7 +38,7 @@ def test_concurrent_clients_share_one_forward_and_get_their_own_rows(hosted):
     threads = [threading.Thread(target=execute_remote, args=(run["tracer"],),
                                 kwargs={"host": hosted.url, "api_key": tokens[i % len(tokens)]})
                for i, run in enumerate(runs)]
-    with worker.locks["tiny"]:  # the jobs wait in the queue together
+    with hosted.app.state.host.hosting.locks["tiny"]:  # the jobs wait in the queue together
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30

@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from nnglass import LanguageModel
-from nnglass.cli import _figures, main
+from nnglass.cli import _figures, _hosting, _parser, main
 from nnglass.remote.schema import ModelInfo
 from nnglass.models import smollm2_path
-from nnglass.server import KeyStore
+from nnglass.server import KeyStore, Limits
 from tests.server.serving import hosting, tiny_model
 
 
@@ -53,6 +53,24 @@ def test_status_of_an_older_server_prints_the_queue_only():
     assert _figures(older) == ""
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--dtype", "nope"], "nnglass serve: unknown dtype 'nope'"),
+    (["--device", "gpu"], "nnglass serve: unknown device 'gpu'"),
+    (["--device", "cpu", "--device-map", "auto"], "nnglass serve: give a device or a device map, not both"),
+    (["--replicas", "2"], "nnglass serve: --replicas needs --ray"),
+    (["--ray", "auto", "--replicas", "0"], "nnglass serve: --replicas must be at least 1, not 0"),
+])
+def test_serve_refuses_bad_options_before_loading(options, message, capsys):
+    assert main(["serve", "--model", "smollm2", *options]) == 1
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_serve_options_reach_the_loaded_model():
+    args = _parser().parse_args(["serve", "--model", "smollm2", "--device", "cpu", "--dtype", "bfloat16"])
+    hosting = _hosting(args, Limits())
+    assert {p.dtype for p in hosting.models["smollm2"]._model.parameters()} == {torch.bfloat16}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random Llama with the SmolLM2 tokenizer, saved as a checkpoint directory."""
@@ -75,9 +93,9 @@ def test_serve_runs_a_server_process(checkpoint, tmp_path, capsys, monkeypatch):
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     env = {name: value for name, value in os.environ.items() if name != "MKL_CBWR"}  # serve sets it itself
-    process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", "serve", "--model", checkpoint,
-                                "--port", str(port), "--db", db, "--data", str(tmp_path / "jobs"),
-                                "--batch-size", "4", "--batch-window-ms", "2"],
+    command = ["serve", "--model", checkpoint, "--port", str(port), "--db", db, "--data", str(tmp_path / "jobs"),
+               "--device-map", "cpu", "--batch-size", "4", "--batch-window-ms", "2"]
+    process = subprocess.Popen([sys.executable, "-m", "nnglass.cli", *command],
                                env={**env, "TOKENIZERS_PARALLELISM": "false"}, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90

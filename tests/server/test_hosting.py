@@ -1,5 +1,8 @@
 """Two hosted models: the status endpoints, sessions across models, queue positions, polling without WebSockets."""
 import logging
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -71,7 +74,7 @@ def test_queued_jobs_learn_their_position(tmp_path, x):
         requests.append({**data, "model": "tiny"})
     with hosting({"tiny": tiny_model()}, tmp_path, Limits(batch_size=1)) as hosted:  # one job per forward
         key = {"X-API-Key": hosted.token}
-        with hosted.app.state.host.workers["tiny"].locks["tiny"]:  # the worker waits for the model meanwhile
+        with hosted.app.state.host.hosting.locks["tiny"]:  # the worker waits for the model meanwhile
             jobs = [httpx.post(f"{hosted.url}/jobs", json=data, headers=key).json()["job_id"] for data in requests]
             assert httpx.get(f"{hosted.url}/status").json()["models"][0]["queue"] == 3
         for position, job in enumerate(jobs):
@@ -93,3 +96,11 @@ def test_polling_when_the_server_has_no_websockets(hosted, net, x, caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "nnglass.remote"]
     assert "polling instead" in messages[0]
     assert [m.split(" - ")[1].split(":")[0] for m in messages[1:]] == ["RECEIVED", "QUEUED", "RUNNING", "COMPLETED"]
+
+
+def test_hosting_in_process_never_imports_ray(tmp_path):
+    code = ("import sys; from nnglass.server import create_app; from tests.server.serving import tiny_model; "
+            f"create_app({{'tiny': tiny_model()}}, 'sqlite:///{tmp_path / 'keys.db'}'); "
+            "import nnglass.cli; assert 'ray' not in sys.modules, 'ray was imported'")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

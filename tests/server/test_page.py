@@ -129,7 +129,7 @@ def test_the_open_page_follows_the_queue_and_throughput(browser, tmp_path):
     with hosting({"tiny": tiny_model()}, tmp_path) as served:
         page = browser.open(f"{served.url}/")
         page.evaluate("window.notReloaded = true")
-        lock = served.app.state.host.workers["tiny"].locks["tiny"]
+        lock = served.app.state.host.hosting.locks["tiny"]
         clients = [threading.Thread(target=remote_runs, args=(tiny_model(), 1)) for _ in range(3)]
         with lock:  # the worker waits for the model: the jobs stay queued
             for client in clients:

@@ -15,15 +15,19 @@ from ..remote import redact
 from ..remote.schema import API_KEY_HEADER, ServerStatus, StatusMessage, SubmitResponse
 from . import page
 from .host import Host
+from .hosting import Hosting, InProcess
 from .jobs import JobRecord
 from .keys import KeyInfo, KeyStore
 from .limits import Limits
 from .store import Store
 
 
-def create_app(models: dict[str, Any], database_url: str = "sqlite:///nnglass.db",
+def create_app(models: dict[str, Any] | Hosting, database_url: str = "sqlite:///nnglass.db",
                limits: Optional[Limits] = None, data: Optional[os.PathLike] = None) -> FastAPI:
-    """The server for `models` (name -> NNsight model), with API keys and jobs in the database at `database_url`.
+    """The server for `models`, with API keys and jobs in the database at `database_url`.
+
+    `models`: name -> NNsight model, run in this process within `limits`; or a hosting backend (such as
+    `nnglass.server.ray_hosting.RayHosting`), which brings its own limits.
 
     Request bodies and results are files in the folder `data` (default: next to a SQLite database file,
     `<name>-jobs`). Jobs that a previous server left there are taken up again at start-up.
@@ -31,7 +35,8 @@ def create_app(models: dict[str, Any], database_url: str = "sqlite:///nnglass.db
     """
     redact.install()
     keys = KeyStore(database_url)
-    host = Host(models, limits or Limits(), Store(database_url, data))
+    hosting = models if isinstance(models, Hosting) else InProcess(models, limits or Limits())
+    host = Host(hosting, Store(database_url, data))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,7 +7,6 @@ handed back to it alone.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from typing import Any, Callable, Hashable, NamedTuple, Optional
 
 import torch
 
-from ..remote import serialize
 from ..remote.schema import JobStatus
 from ..remote.values import load_blob, save_blob
 from ..tracing.walk import leaves, map_leaves
@@ -254,26 +252,28 @@ def _has_tag(value: Any, *tags: str) -> bool:
 
 # -- a merged request, run as one job ------------------------------------------------------------------
 class Group:
-    """Jobs run as one merged request; to the runner it looks like one job's record.
+    """Jobs run as one merged request; to the hosting backend it looks like one job's record.
 
-    It has no single owner: `finish` checks each job's part against that job's own result limits (the
-    merged run, under `run_limits`, may return all of them together). An ERROR only marks the group
-    failed (`failed`): its jobs then run alone, each to its own end.
+    It has no single owner: `finish` checks each job's part against that job's own result limits. RUNNING
+    reaches every job; an ERROR only marks the group failed (`failed`): its jobs then run alone, each to
+    its own end.
     """
 
     def __init__(self, records: list[Any], limits: Limits, held: Callable[[int], int]) -> None:
-        data, self.parts = merge([record.request.data for record in records])
+        self.request, self.parts = merge([record.request for record in records])
         self.records, self.limits, self.held = records, limits, held
-        self.run_limits = dataclasses.replace(limits, max_result_bytes=limits.max_result_bytes * len(records))
+        self.jobs = len(records)
         self.id = f"group-{records[0].id}"
         self.owner = None
         self.model, self.models = records[0].model, records[0].models
-        self.request = serialize.Job(data, records[0].request.models)
         self.ended = self.failed = False
 
     def post(self, status: JobStatus, description: str = "", **fields: object) -> None:
-        """The merged run failed (an ERROR), unless it already ended; no other status reaches a group."""
-        if status is JobStatus.ERROR and not self.ended:
+        """RUNNING to every job; an ERROR fails the group (unless it already ended); nothing else is posted."""
+        if status is JobStatus.RUNNING:
+            for record in self.records:
+                record.post(status, "Your job has started running (in a forward shared with other jobs).")
+        elif status is JobStatus.ERROR and not self.ended:
             self.ended = self.failed = True
 
     def finish(self, result: bytes) -> None:

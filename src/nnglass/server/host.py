@@ -5,22 +5,19 @@ import dataclasses
 import json
 import logging
 import os
-import sys
-import threading
 from typing import Any, Optional
 
 from fastapi import HTTPException
 from pydantic import ValidationError
 
 from .. import __version__
-from ..modeling.language import LanguageModel
 from ..remote import serialize
 from ..remote.allowlist import WireError
 from ..remote.schema import JobStatus, ModelInfo, RequestSpec, ServerStatus, SubmitResponse
 from .audit import audit
-from .integrity import Pristine
+from .batching import Grouping, group_key
+from .hosting import Hosting
 from .jobs import JobStore
-from .limits import Limits
 from .numerics import gemm_batch_invariant
 from .store import Store
 from .workers import ModelWorker
@@ -29,21 +26,16 @@ __all__ = ["Host"]
 
 
 class Host:
-    """Hosted models by name, one worker each, and the jobs sent to them."""
+    """Hosted models by name, one queue each, and the jobs sent to them; a hosting backend runs the jobs."""
 
-    def __init__(self, models: dict[str, Any], limits: Limits, store: Optional[Store] = None) -> None:
-        for model in models.values():
-            if isinstance(model, LanguageModel):
-                model.dispatch()  # load the weights once, before the first job
-        self.models = dict(models)
-        self.limits = limits = dataclasses.replace(limits, isolate=_isolate(limits, self.models))
-        self.jobs = JobStore(limits.result_ttl_s, store)
-        locks = {name: threading.Lock() for name in self.models}
-        # a forked job writes only to its own copy of the weights; in-process jobs get theirs put back
-        pristine = {} if limits.isolate else {name: Pristine(model._model) for name, model in self.models.items()}
-        self.workers = {name: ModelWorker(name, locks, limits, pristine, self.jobs.held) for name in self.models}
+    def __init__(self, hosting: Hosting, store: Optional[Store] = None) -> None:
+        self.hosting = hosting
+        self.models = hosting.models    # what requests are checked and decoded against before they are queued
+        self.limits = hosting.limits
+        self.jobs = JobStore(self.limits.result_ttl_s, store)
+        self.workers = {name: ModelWorker(name, hosting, self.jobs.held) for name in self.models}
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
-        if limits.batch_size > 1 and not gemm_batch_invariant():
+        if self.limits.batch_size > 1 and not gemm_batch_invariant():
             logging.getLogger("nnglass.server").warning(
                 "jobs sharing a forward may differ from running alone in the last bits: start the server with "
                 "MKL_CBWR=AUTO,STRICT (`nnglass serve` sets it) for bit-identical batched results on the CPU")
@@ -53,13 +45,15 @@ class Host:
         """Check a request, decode it, and queue it for its model; HTTPException says what is wrong."""
         data = _json(body, self.limits.max_depth)
         spec = self._checked(data)
-        record = self.jobs.new(owner, spec.model, spec.traced_models(), self._decoded(data), body)
+        grouping = self._check_decoding(data)
+        record = self.jobs.new(owner, spec.model, spec.traced_models(), data, body)  # the backend decodes it again
         record.post(JobStatus.RECEIVED, "Your job has been received and is waiting to be queued.")
-        self.workers[spec.model].submit(record)
+        self.workers[spec.model].submit(record, grouping)
         return SubmitResponse(job_id=record.id, model=spec.model)
 
-    def _decoded(self, data: Any) -> serialize.Job:
-        """The request decoded and audited, ready to run; HTTPException says what is wrong."""
+    def _check_decoding(self, data: Any) -> Optional[Grouping]:
+        """Decode and audit the request against the hosted models (HTTPException says what is wrong); how it
+        may share a forward with other jobs (None: it runs alone)."""
         try:
             request = serialize.Job(data, self.models.__getitem__)
             audit(request, self.limits)
@@ -69,7 +63,7 @@ class Host:
             raise HTTPException(400, str(error)) from error
         except Exception as error:  # whatever a malformed request makes the decoder raise is the request's fault
             raise HTTPException(400, f"malformed request: {type(error).__name__}: {error!s:.200}") from error
-        return request
+        return group_key(request) if self.limits.batch_size > 1 else None
 
     def _resume(self) -> None:
         """Queue again, in their order, the jobs a previous run of the server left waiting."""
@@ -80,12 +74,13 @@ class Host:
                     raise HTTPException(500, "its request was not found in the server's data folder")
                 data = _json(body, self.limits.max_depth)
                 self._checked(data)
-                record.request = self._decoded(data)
+                grouping = self._check_decoding(data)
+                record.request = data
             except HTTPException as error:
                 record.post(JobStatus.ERROR, f"The server restarted while this job waited and could not queue it "
                                              f"again: {error.detail}", error="ServerRestarted")
                 continue
-            self.workers[record.model].submit(record)
+            self.workers[record.model].submit(record, grouping)
 
     def _checked(self, data: Any) -> RequestSpec:
         """The request's shape, size and models, checked before anything is decoded."""
@@ -127,18 +122,10 @@ class Host:
                          **dataclasses.asdict(figures))
 
     def close(self) -> None:
-        """Finish the queued jobs and stop the workers."""
+        """Finish the queued jobs, stop the workers and let go of the backend."""
         for worker in self.workers.values():
             worker.close()
-
-
-def _isolate(limits: Limits, models: dict[str, Any]) -> bool:
-    """Whether jobs run in forked processes: as asked, else on Linux when every hosted weight is on the CPU
-    (CUDA does not survive a fork)."""
-    if limits.isolate is not None:
-        return limits.isolate
-    on_cpu = all(p.device.type == "cpu" for model in models.values() for p in model._model.parameters())
-    return sys.platform == "linux" and hasattr(os, "fork") and on_cpu
+        self.hosting.close()
 
 
 def public_name(name: str) -> str:

@@ -21,7 +21,9 @@ RESTARTED = ("The server restarted while this job ran, so it was stopped and not
 
 
 class JobRecord:
-    """One job: its decoded request, the statuses so far (pushed to followers), its result."""
+    """One job: its request, the statuses so far (pushed to followers), its result."""
+
+    jobs = 1  # how many users' jobs it stands for (a batching Group stands for several)
 
     def __init__(self, owner: int, model: str, models: set[str], request: Any, store: Optional[Store] = None,
                  job_id: Optional[str] = None) -> None:
@@ -29,7 +31,7 @@ class JobRecord:
         self.owner = owner              # id of the API key that submitted it
         self.model = model              # the queue it waits in
         self.models = models            # every model its traces run on
-        self.request = request          # a serialize.Job; dropped once run
+        self.request = request          # the wire request (a dict, see serialize.request); dropped once run
         self.store = store              # where statuses and the result are kept (None: in memory only)
         self.statuses: list[StatusMessage] = []
         self.result: Optional[bytes] = None    # without a store: the result itself
@@ -41,7 +43,7 @@ class JobRecord:
 
     @classmethod
     def stored(cls, job: StoredJob, store: Store) -> JobRecord:
-        """A job as a previous run of the server left it (its request not decoded yet)."""
+        """A job as a previous run of the server left it (its request not read yet)."""
         record = cls(job.owner, job.model, job.models, None, store, job.id)
         record.statuses, record.ended = job.statuses, job.ended
         record.result_bytes, record.downloaded = job.result_bytes, job.downloaded

@@ -35,17 +35,19 @@ class JobStats:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Count the block as one job running, then as one job ended (however it ends)."""
-        ticket = object()
+    def running(self, jobs: int = 1) -> Iterator[None]:
+        """Count the block as `jobs` jobs running (a forward they share), then as ended (however it ends)."""
+        tickets = [object() for _ in range(jobs)]
         with self._lock:
-            self.started[ticket] = self.clock()
+            start = self.clock()
+            self.started.update((ticket, start) for ticket in tickets)
         try:
             yield
         finally:
             with self._lock:
                 now = self.clock()
-                self.ended.append((now, now - self.started.pop(ticket)))
+                for ticket in tickets:
+                    self.ended.append((now, now - self.started.pop(ticket)))
                 self._forget(now)
 
     def figures(self) -> JobFigures:
