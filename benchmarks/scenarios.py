@@ -254,11 +254,12 @@ def saved(decode: Any, result: bytes) -> list[torch.Tensor]:
 def lm_serve(lib: Any, settings: Settings, model_path: str) -> Figures:
     """8 users' jobs submitted at once to a Host (forked, as on Linux CPUs): batch size 8 (5 ms window) against 1."""
     server = importlib.import_module(f"{lib.__name__}.server.host")
+    hosting = importlib.import_module(f"{lib.__name__}.server.hosting")
     limits = importlib.import_module(f"{lib.__name__}.server.limits")
     model, _, _ = language_model(lib, model_path)
     requests = serve_requests(lib, model)
     name = model._remote_name  # what the requests name it: here its checkpoint path
-    batched, alone = (server.Host({name: model}, limits.Limits(batch_size=size)) for size in (8, 1))
+    batched, alone = (server.Host(hosting.InProcess({name: model}, limits.Limits(batch_size=size))) for size in (8, 1))
     try:
         decode = importlib.import_module(f"{lib.__name__}.remote.serialize").Decoder
         for mine, theirs in zip(finish_all(batched, requests), finish_all(alone, requests)):
