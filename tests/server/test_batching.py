@@ -23,7 +23,7 @@ from nnglass.remote import serialize
 from nnglass.remote.schema import JobStatus
 from nnglass.remote.values import Decoder
 from nnglass.server import Limits
-from nnglass.server.batching import fits, group_key, merge, shares_forward, split
+from nnglass.server.batching import fillers, fits, group_key, merge, shares_forward, split
 from nnglass.server.host import Host
 from nnglass.server.hosting import InProcess
 from nnglass.server.numerics import gemm_batch_invariant
@@ -153,12 +153,8 @@ PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 def test_jobs_sharing_a_forward_get_what_they_get_alone(host, model, jobs):
     requests = [tiny_job(sizes, program, seed) if model == "tiny" else llama_job(host, sizes, program, seed)
                 for seed, (sizes, program) in enumerate(jobs)]
-    groupings = [group_key(serialize.Job(data, host.models.__getitem__)) for data in requests]
     records, runs = submitted(host, model, requests)
-    if fits(sum(g.rows for g in groupings), groupings[0].sizes):
-        assert runs == 1  # one forward for them all
-    else:  # as many rows as a weight or the prompts have: the last jobs wait for the next forward
-        assert runs <= len(requests)
+    assert runs == 1  # one forward for them all (with filler rows where their rows would not fit)
     for record, data in zip(records, requests):
         assert_identical(result_of(record), alone(host, data))
 
@@ -240,7 +236,7 @@ def test_greedy_generation_of_a_fixed_length_shares_a_forward(host):
         model.generator.output.save()
 
     requests = [recorded(llama, "llama", [prompt(seed, 3)], read, "generate", max_new_tokens=3, min_new_tokens=3)
-                for seed in range(2)]  # 2 rows (3 would be the prompts' length: see fits)
+                for seed in range(3)]
     shorter = recorded(llama, "llama", [prompt(0, 3)], read, "generate", max_new_tokens=2, min_new_tokens=2)
     assert key(host, shorter) is not None and key(host, shorter) != key(host, requests[0])
     records, runs = submitted(host, "llama", requests)
@@ -405,8 +401,10 @@ def test_a_job_using_a_value_shared_by_the_batch_runs_alone(tabled, program):
 
 def test_a_shared_batch_never_has_as_many_rows_as_the_prompts_have_tokens(host):
     jobs = [recorded(host.models["llama"], "llama", [prompt(seed, 3)], read_layer1_llama) for seed in range(3)]
+    grouping = group_key(serialize.Job(jobs[0], host.models.__getitem__))
+    assert not fits(3, grouping.sizes) and fillers(3, grouping) == 2  # 3 tokens, 4 from a weight: 5 rows
     records, runs = submitted(host, "llama", jobs)
-    assert runs == 2  # 3 rows of 3 tokens: a (3,) position tensor would pass for rows; two, then one
+    assert runs == 1  # one forward of five rows: the three jobs' and two filler copies of the first's
     for record, data in zip(records, jobs):
         assert_identical(result_of(record), alone(host, data))
 

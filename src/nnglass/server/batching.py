@@ -20,7 +20,7 @@ from ..tracing.walk import leaves, map_leaves
 from .budget import LimitExceeded
 from .limits import Limits, check_result
 
-__all__ = ["Group", "Grouping", "Part", "fits", "group_key", "merge", "shares_forward", "split"]
+__all__ = ["Group", "Grouping", "Part", "fillers", "fits", "group_key", "merge", "shares_forward", "split"]
 
 # Ops whose effect stays in the rows of the invoke they belong to (module calls only without their hooks).
 _CONFINED_OPS = {"invoke", "output", "inputs", "input", "current", "swap", "getattr", "call_method",
@@ -115,6 +115,21 @@ def fits(rows: int, sizes: frozenset[int]) -> bool:
     sequence length) or of the model's weights. A tensor is taken for batched by its first dimension: a
     `(length,)` position tensor or a weight-sized table would otherwise be cut into the jobs' rows."""
     return rows not in sizes
+
+
+def fillers(rows: int, grouping: Grouping) -> int:
+    """How many filler copies of a job's rows (`grouping.rows` each) make a shared batch of `rows` fit."""
+    count = 0
+    while not fits(rows + count * grouping.rows, grouping.sizes):
+        count += 1
+    return count
+
+
+def filler(data: dict) -> dict:
+    """A request that only feeds rows like those of `data`: its invokes, with no other node (saves nothing)."""
+    root = data["graphs"][0]
+    invokes = [{**node, "deps": []} for node in root["nodes"] if node["op"] == "invoke"]
+    return {**data, "graphs": [{**root, "nodes": invokes, "free": [], "exports": []}]}
 
 
 def _greedy(model: Any) -> bool:
@@ -254,13 +269,15 @@ def _has_tag(value: Any, *tags: str) -> bool:
 class Group:
     """Jobs run as one merged request; to the hosting backend it looks like one job's record.
 
+    `padding` filler copies of the first job's rows make the batch a size that `fits`; they save nothing.
     It has no single owner: `finish` checks each job's part against that job's own result limits. RUNNING
     reaches every job; an ERROR only marks the group failed (`failed`): its jobs then run alone, each to
     its own end.
     """
 
-    def __init__(self, records: list[Any], limits: Limits, held: Callable[[int], int]) -> None:
-        self.request, self.parts = merge([record.request for record in records])
+    def __init__(self, records: list[Any], limits: Limits, held: Callable[[int], int], padding: int = 0) -> None:
+        requests = [record.request for record in records]
+        self.request, self.parts = merge(requests + [filler(requests[0])] * padding)  # see `fits`
         self.records, self.limits, self.held = records, limits, held
         self.jobs = len(records)
         self.id = f"group-{records[0].id}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 from ..remote.schema import JobStatus
-from .batching import Group, Grouping, fits
+from .batching import Group, Grouping, fillers
 from .hosting import Hosting
 from .jobs import JobRecord
 from .stats import JobStats
@@ -84,63 +84,62 @@ class ModelWorker:
             group = [first]
             try:
                 with self.hosting.place(first) as place:  # jobs queued meanwhile may join its forward
-                    group = self._group(first)
-                    self._run(group, place)
+                    group, padding = self._group(first)
+                    self._run(group, padding, place)
             finally:
                 with self.ready:
                     self.running.difference_update(group)
 
-    def _run(self, group: list[JobRecord], place: Any) -> None:
+    def _run(self, group: list[JobRecord], padding: int, place: Any) -> None:
         """Run the group's jobs as one forward; if that fails (or it is one job), each job alone."""
-        if len(group) > 1 and self._shared(group, place):
+        if len(group) > 1 and self._shared(group, padding, place):
             return
         for record in group:
             self.runs += 1
             self.hosting.run(record, self.held(record.owner), self.stats, place)
 
-    def _shared(self, group: list[JobRecord], place: Any) -> bool:
+    def _shared(self, group: list[JobRecord], padding: int, place: Any) -> bool:
         """Run the group as one merged request; whether each of its jobs ended that way."""
         try:
-            merged = Group(group, self.limits, self.held)
+            merged = Group(group, self.limits, self.held, padding)
         except Exception:  # requests that do not merge after all (a bug, never a user's): each runs alone
             return False
         self.runs += 1
         self.hosting.run(merged, 0, self.stats, place)  # type: ignore[arg-type]
         return not merged.failed
 
-    def _group(self, first: JobRecord) -> list[JobRecord]:
-        """first, and the queued jobs that may share its forward (waiting up to the batch window for more)."""
+    def _group(self, first: JobRecord) -> tuple[list[JobRecord], int]:
+        """first, and the queued jobs that may share its forward (waiting up to the batch window for more);
+        how many filler copies of first's rows the shared batch needs (see batching.fits)."""
         limits = self.limits
         deadline = time.monotonic() + limits.batch_window_s
         with self.ready:
             grouping, group = self.keys.pop(first.id, None), [first]
-            rows = grouping.rows if grouping is not None else 0
+            rows = 0 if grouping is None else grouping.rows
             while grouping is not None and len(group) < limits.batch_size:
-                taken = self._take(grouping, limits.batch_size - len(group), rows)
-                group += [record for record, _ in taken]
-                rows += sum(added for _, added in taken)
+                for record, other in self._take(grouping.key, limits.batch_size - len(group)):
+                    group.append(record)
+                    rows += other.rows
                 left = deadline - time.monotonic()
                 if len(group) == limits.batch_size or left <= 0 or None in self.queue:
                     break
                 self.ready.wait(left)
-            if len(group) > 1:
-                self.running.update(group)
-                self._moved()
-        return group
+            if len(group) == 1:
+                return group, 0
+            self.running.update(group)
+            self._moved()
+        return group, fillers(rows, grouping)
 
-    def _take(self, grouping: Grouping, most: int, rows: int) -> list[tuple[JobRecord, int]]:
-        """Up to `most` queued jobs that may join a group of `rows` rows, taken out of the queue with their
-        rows (the others keep their place); the group never ends with a disallowed number of rows."""
-        taken: list[tuple[JobRecord, int]] = []
+    def _take(self, key: Hashable, most: int) -> list[tuple[JobRecord, Grouping]]:
+        """Up to `most` queued jobs with this group key, taken out of the queue with their groupings (the
+        others keep their place)."""
+        taken = []
         for record in self.queue:
             if record is None or len(taken) == most:
                 break
             other = self.keys.get(record.id)
-            if other is not None and other.key == grouping.key:
-                taken.append((record, other.rows))
-                rows += other.rows
-        while taken and not fits(rows, grouping.sizes):
-            rows -= taken.pop()[1]
+            if other is not None and other.key == key:
+                taken.append((record, other))
         for record, _ in taken:
             self.queue.remove(record)
             del self.keys[record.id]
