@@ -412,3 +412,21 @@ def test_a_shared_batch_never_has_as_many_rows_as_the_prompts_have_tokens(host):
 def read_layer1_llama(m) -> None:
     m.model.layers[0].output.save()
     m.lm_head.output.save()
+
+
+def test_a_burst_of_jobs_longer_than_the_window_shares_one_forward():
+    served = Host(InProcess({"tiny": tiny_model()}, Limits(batch_window_s=0.15)))
+    try:
+        jobs = [recorded(tiny_model(), "tiny", [torch.rand(1, 5)], read_layer1) for _ in range(5)]
+        worker, ids = served.workers["tiny"], []
+        for owner, data in enumerate(jobs, 1):  # 40 ms apart: 160 ms in all, past one window
+            ids.append(served.submit(json.dumps(data).encode(), owner).job_id)
+            time.sleep(0.04)
+        records = [served.jobs.find(job_id, owner) for owner, job_id in enumerate(ids, 1)]
+        while any(record.ended is None for record in records):
+            time.sleep(0.01)
+        assert worker.runs == 1  # each job that joined kept the group open a window more
+        for record, data in zip(records, jobs):
+            assert_identical(result_of(record), alone(served, data))
+    finally:
+        served.close()

@@ -29,7 +29,7 @@ class Limits:
     max_job_bytes: int = 8 * 2**30           # with `isolate`: memory a job's process may add (RLIMIT_AS)
     result_ttl_s: float = 3600.0             # a finished job's result is dropped this long after it ended
     batch_size: int = 8                      # most queued jobs run as the invokes of one forward; 1: no batching
-    batch_window_s: float = 0.005            # how long a job that could share its forward waits for others
+    batch_window_s: float = 0.005            # how long a group that could share a forward waits for the next job
 
 
 def check_result(limits: Limits, size: int, held: int) -> None:

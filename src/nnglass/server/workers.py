@@ -15,6 +15,8 @@ from .stats import JobStats
 
 __all__ = ["ModelWorker"]
 
+BURST_WINDOWS = 20  # a group keeps waiting while jobs keep joining, up to this many batch windows in all
+
 
 class ModelWorker:
     """The queue of one model and the threads (as many as its jobs that may run at once) that run its jobs."""
@@ -109,10 +111,12 @@ class ModelWorker:
         return not merged.failed
 
     def _group(self, first: JobRecord) -> tuple[list[JobRecord], int]:
-        """first, and the queued jobs that may share its forward (waiting up to the batch window for more);
-        how many filler copies of first's rows the shared batch needs (see batching.fits)."""
+        """first, and the queued jobs that may share its forward (waiting a batch window for the next one, up
+        to BURST_WINDOWS windows while jobs keep coming); how many filler copies of first's rows the shared
+        batch needs (see batching.fits)."""
         limits = self.limits
-        deadline = time.monotonic() + limits.batch_window_s
+        start = time.monotonic()
+        deadline = start + limits.batch_window_s
         with self.ready:
             grouping, group = self.keys.pop(first.id, None), [first]
             rows = 0 if grouping is None else grouping.rows
@@ -120,6 +124,9 @@ class ModelWorker:
                 for record, other in self._take(grouping.key, limits.batch_size - len(group)):
                     group.append(record)
                     rows += other.rows
+                    # a job joined: a window more for the next one, within BURST_WINDOWS windows in all
+                    deadline = min(time.monotonic(), start + (BURST_WINDOWS - 1) * limits.batch_window_s) \
+                        + limits.batch_window_s
                 left = deadline - time.monotonic()
                 if len(group) == limits.batch_size or left <= 0 or None in self.queue:
                     break
