@@ -94,12 +94,13 @@ def test_the_served_page_status_and_cli_show_running_and_finished_jobs(tmp_path,
 
 
 # -- live in a real browser -------------------------------------------------------------------------------
+needs_browser = pytest.mark.skipif(chromium() is None, reason="no chromium for the browser tests: run "
+                                   "scripts/install-chromium (`make test` does) or set NNGLASS_CHROMIUM")
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    binary = chromium()
-    if binary is None:
-        pytest.skip("no chromium for the browser tests: run scripts/install-chromium (or set NNGLASS_CHROMIUM)")
-    with Browser(binary, tmp_path_factory.mktemp("chromium")) as running:
+    with Browser(chromium(), tmp_path_factory.mktemp("chromium")) as running:
         yield running
 
 
@@ -109,6 +110,7 @@ def shown(field: str, model: str = "tiny") -> str:
             f".querySelector('td[data-field={field}]').textContent")
 
 
+@needs_browser
 def test_the_page_in_a_browser_lists_the_models_and_escapes_names(browser, tmp_path):
     hostile = tiny_model()
     hostile._remote_name = HOSTILE
@@ -125,6 +127,7 @@ def test_the_page_in_a_browser_lists_the_models_and_escapes_names(browser, tmp_p
         assert page.errors == []
 
 
+@needs_browser
 def test_the_open_page_follows_the_queue_and_throughput(browser, tmp_path):
     with hosting({"tiny": tiny_model()}, tmp_path) as served:
         page = browser.open(f"{served.url}/")

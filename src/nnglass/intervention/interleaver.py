@@ -55,8 +55,7 @@ class Withheld:
 
     @classmethod
     def __torch_function__(cls, *_: Any, **__: Any) -> Any:
-        raise SharedValueError("This value is shared by the jobs of a batched forward (it is not one job's "
-                               "rows), so it cannot be used there.")
+        return WITHHELD._refuse()
 
     def __repr__(self) -> str:
         return "<withheld: shared by the jobs of a batched forward>"
