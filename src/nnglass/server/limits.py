@@ -32,9 +32,10 @@ class Limits:
     batch_window_s: float = 0.005            # how long a group that could share a forward waits for the next job
 
 
-def check_result(limits: Limits, size: int, held: int) -> None:
-    """Refuse a job's result of `size` bytes when it is too large, or its key already `held` too much."""
-    if size > limits.max_result_bytes:
+def check_result(limits: Limits, size: int, held: int, jobs: int = 1) -> None:
+    """Refuse a result of `size` bytes when it is too large (for `jobs` users' jobs), or its key already
+    `held` too much."""
+    if size > limits.max_result_bytes * jobs:
         raise LimitExceeded(f"the job's saved values take {size:,} bytes; this server returns at "
                             f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
     if held + size > limits.max_held_bytes:

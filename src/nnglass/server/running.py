@@ -16,7 +16,7 @@ from ..remote.schema import JobStatus
 from ..tracing import local
 from ..tracing.node import location
 from .budget import Budget, LimitExceeded
-from .limits import Limits
+from .limits import Limits, check_result
 
 __all__ = ["JobRun", "JobTimeout", "Relay", "Sink", "execute", "replay"]
 
@@ -43,13 +43,7 @@ def execute(data: Wire, models: Callable[[str], Any], limits: Limits, held: int,
     with Budget(limits.max_tensor_elements, limits.max_list_elements, limits.max_products):
         request.run()
     result = json.dumps(request.encoded_results(), separators=(",", ":")).encode()
-    if len(result) > limits.max_result_bytes * jobs:
-        raise LimitExceeded(f"the job's saved values take {len(result):,} bytes; this server returns at "
-                            f"most {limits.max_result_bytes:,} (Limits.max_result_bytes)")
-    if held + len(result) > limits.max_held_bytes:
-        raise LimitExceeded(f"this API key has {held:,} bytes of results not downloaded yet; this server "
-                            f"keeps at most {limits.max_held_bytes:,} per key (Limits.max_held_bytes): "
-                            "download them first")
+    check_result(limits, len(result), held, jobs)
     return result
 
 

@@ -33,9 +33,9 @@ def _kind(kind: type) -> int:
     return found
 
 
-def _parts(value: Any) -> list[tuple[Any, Any]] | None:
-    """(key, child) pairs of a container, or None for a leaf."""
-    kind = _kind(type(value))
+def _parts(value: Any, kind: int | None = None) -> list[tuple[Any, Any]] | None:
+    """(key, child) pairs of a container, or None for a leaf (`kind`: its type's, when known)."""
+    kind = _kind(type(value)) if kind is None else kind
     if kind == _LEAF:
         return None
     if kind == _SEQUENCE:
@@ -72,9 +72,7 @@ def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
         return kind([map_leaves(v, fn) for v in value])
     if kind is dict:
         return {k: map_leaves(v, fn) for k, v in value.items()}
-    if _kinds.get(kind) == _LEAF:
-        return fn(value)
-    parts = _parts(value)
+    parts = _parts(value, _kind(kind))
     if parts is None:
         return fn(value)
     return _rebuild(value, {k: map_leaves(v, fn) for k, v in parts})
@@ -87,7 +85,7 @@ def leaves(value: Any) -> Iterator[Any]:
         for child in value.values() if kind is dict else value:
             yield from leaves(child)
         return
-    parts = None if _kinds.get(kind) == _LEAF else _parts(value)
+    parts = _parts(value, _kind(kind))
     if parts is None:
         yield value
     else:
