@@ -22,7 +22,7 @@ def test_depend_adds_a_wait_once():
 def test_nodes_hold_no_values_or_run_state():
     node = Graph().create_node("call_function", abs, (-1,))
     assert set(type(node).__slots__) == {"op", "target", "args", "kwargs", "graph", "index", "deps", "users",
-                                         "where", "invoke", "saved", "nested"}
+                                         "where", "invoke", "saved", "refs"}
 
 
 def test_ancestors_and_kinds():

@@ -47,6 +47,19 @@ def test_record_then_run_and_keep_only_saved():
     assert list(rec.experiment.results.values()) == [6]  # only the saved value outlives the run
 
 
+def test_nodes_as_arguments_directly_or_inside_containers_and_keywords():
+    with Plain() as rec:
+        a, b = rec.value(2), rec.value(5)
+        direct = rec.proxy("call_function", operator.sub, (b, a)).save()
+        nested = rec.proxy("call_function", lambda pair, scale: (pair[0] - pair[1]) * scale, ([b, a],),
+                           {"scale": a}).save()
+        mixed = rec.proxy("call_function", lambda x, y, z: x * 100 + y * 10 + z, (a, 7, b)).save()
+    assert rec.graph.nodes[direct.node.index].refs == (0, 1)
+    assert rec.graph.nodes[nested.node.index].refs is None  # nodes inside containers: the args are walked
+    assert rec.graph.nodes[mixed.node.index].refs == (0, 2)
+    assert (direct.value, nested.value, mixed.value) == (3, 6, 275)
+
+
 def test_values_are_freed_after_their_last_use():
     class Box:
         pass

@@ -188,7 +188,7 @@ class Trace(Tracer):
         for node in edit.nodes:
             copy = self.graph.create_node(node.op, node.target, map_leaves(node.args, remap),
                                           map_leaves(node.kwargs, remap), [copies[d] for d in node.deps],
-                                          node.nested, node.where, None)
+                                          None, node.where, None)
             copy.saved = node.saved
             copies[node] = copy
 

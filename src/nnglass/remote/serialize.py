@@ -183,7 +183,6 @@ class Job:
         node.kwargs = self.decode(spec["kwargs"])
         if type(node.args) is not tuple or type(node.kwargs) is not dict:
             raise WireError(f"node {node.name}: args must be a tuple and kwargs a dict")
-        node.nested = True
         allowlist.check_node(node.op, spec["target"], node.args, node.kwargs)  # capabilities: keywords, scopes
         node.target = self._target(graph, node, spec["target"])
         for index in spec["deps"]:
@@ -231,7 +230,7 @@ def _shell(graph: Graph, spec: dict) -> Node:
     invoke = spec.get("invoke")
     if invoke is not None and type(invoke) is not int:
         raise WireError("a node's invoke must be an integer")
-    node = graph.create_node(op, None, (), {}, [], True,
+    node = graph.create_node(op, None, (), {}, [], None,
                              (str(where[0]), int(where[1])) if where else None, invoke)
     node.saved = bool(spec.get("saved"))
     return node

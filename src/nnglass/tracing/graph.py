@@ -35,12 +35,12 @@ class Graph:
         return self.kind in ("session", "loop")
 
     def create_node(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None,
-                    deps: list[Node] | None = None, nested: bool = False, where: Any = None,
+                    deps: list[Node] | None = None, refs: tuple[int, ...] | None = None, where: Any = None,
                     invoke: int | None = None) -> Node:
-        """Append a node and link it as a user of its dependencies."""
+        """Append a node and link it as a user of its dependencies (refs: see Node; None walks the args)."""
         nodes = self.nodes
         index = len(nodes)
-        node = Node(op, target, args, kwargs or NO_KWARGS, self, index, deps or [], nested, where, invoke)
+        node = Node(op, target, args, kwargs or NO_KWARGS, self, index, deps or [], refs, where, invoke)
         for dep in node.deps:
             dep.users.append(index)
         nodes.append(node)

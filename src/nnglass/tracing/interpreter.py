@@ -71,11 +71,14 @@ class Interpreter:
         """Run one node and hand its value to its users."""
         env = self.env
         try:
-            if node.nested:
+            args, kwargs, refs = node.args, node.kwargs, node.refs
+            if refs is None:
                 lookup = lambda v: env[v] if type(v) is Node else v  # noqa: E731
-                args, kwargs = map_leaves(node.args, lookup), map_leaves(node.kwargs, lookup)
-            else:
-                args, kwargs = [env[a] if type(a) is Node else a for a in node.args], node.kwargs
+                args, kwargs = map_leaves(args, lookup), map_leaves(kwargs, lookup)
+            elif refs:
+                args = list(args)
+                for position in refs:
+                    args[position] = env[args[position]]
             if node.op == "call_function":  # the hot path, without a method lookup
                 value = node.target(*args, **kwargs) if kwargs else node.target(*args)
             else:

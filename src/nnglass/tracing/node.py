@@ -4,6 +4,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+from types import FrameType
 from typing import Any
 
 import einops
@@ -19,13 +20,17 @@ _LIBRARY_DIRS = tuple(
 _is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
 
 
-def user_line() -> tuple[Any, int]:
+def user_line(frame: FrameType | None = None) -> tuple[Any, int]:
     """Where the first caller outside nnglass, torch and einops is: (code object, bytecode offset).
+
+    The walk starts at frame (default: the caller's caller); an entry point that passes its own
+    caller's frame spares the frames in between (each one walked costs a frame object).
 
     The line number is worked out only when needed (`location`): a frame's f_lineno costs time
     proportional to the size of its code, which is large for a long script or notebook cell.
     """
-    frame = sys._getframe(2)
+    if frame is None:
+        frame = sys._getframe(2)
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
         skip = _is_library.get(filename)
@@ -58,16 +63,17 @@ def describe_line(where: tuple | None) -> str:
 class Node:
     """One operation: `op` names the interpreter method, `target` what it calls or reads.
 
-    `deps` are the nodes of the same graph this one waits for (its arguments, an open condition,
+    `refs` are the positions of the arguments that are nodes, or None when nodes may also sit inside
+    containers (of args or kwargs: the interpreter then walks them). `deps` are the nodes of the same graph this one waits for (its arguments, an open condition,
     a subgraph's outer values); `users` the indices of the nodes of the same graph that wait for it. Arguments may
     also name nodes of enclosing graphs (their values are in the env when this graph runs).
     """
 
     __slots__ = ("op", "target", "args", "kwargs", "graph", "index", "deps", "users", "where",
-                 "invoke", "saved", "nested")
+                 "invoke", "saved", "refs")
 
     def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, graph: Any, index: int,
-                 deps: list[Node], nested: bool, where: Any, invoke: int | None) -> None:
+                 deps: list[Node], refs: tuple[int, ...] | None, where: Any, invoke: int | None) -> None:
         self.op = op
         self.target = target
         self.args = args
@@ -79,7 +85,7 @@ class Node:
         self.where = where
         self.invoke = invoke
         self.saved = False
-        self.nested = nested  # args or kwargs hold containers with nodes inside
+        self.refs = refs
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Any
 
 from .errors import TraceError
@@ -122,7 +123,7 @@ class Proxy:
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         recorder = recording_in((args, kwargs))
         if recorder is not None:
-            return recorder.proxy("call_function", func, args, kwargs)
+            return recorder.proxy("call_function", func, args, kwargs, sys._getframe(1))
         return func(*map_leaves(args, value_of), **map_leaves(kwargs or {}, value_of))
 
     # -- what cannot be traced ----------------------------------------------------------------
@@ -214,7 +215,7 @@ def _binary(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (self, other))
+            return experiment.recorder.proxy("call_function", fn, (self, other), None, sys._getframe(1))
         return fn(self.value, value_of(other))
     return method
 
@@ -223,7 +224,7 @@ def _reflected(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (other, self))
+            return experiment.recorder.proxy("call_function", fn, (other, self), None, sys._getframe(1))
         return fn(value_of(other), self.value)
     return method
 
@@ -232,7 +233,7 @@ def _unary(fn: Any) -> Any:
     def method(self: Proxy) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (self,))
+            return experiment.recorder.proxy("call_function", fn, (self,), None, sys._getframe(1))
         return fn(self.value)
     return method
 

@@ -1,6 +1,8 @@
 """Tracer: records what the user writes on proxies into graphs; one leak-proof enter and exit."""
 from __future__ import annotations
 
+import sys
+from types import FrameType
 from typing import Any, Callable
 
 import torch
@@ -142,10 +144,14 @@ class Tracer:
 
     # -- recording ------------------------------------------------------------------------------
     def create(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None,
-               guarded: bool = True) -> Node:
-        """Record one operation in the open graph; proxies among the arguments become dependencies."""
+               guarded: bool = True, frame: FrameType | None = None) -> Node:
+        """Record one operation in the open graph; proxies among the arguments become dependencies.
+
+        frame: where to start looking for the user's line (the caller of a proxy's operator).
+        """
         graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
+        refs: list[int] = []     # positions of the arguments that are nodes
         inside: list[Node] = []  # nodes found inside containers
         unwrapped = list(args)
         for position, arg in enumerate(args):
@@ -157,15 +163,17 @@ class Tracer:
                 if arg not in deps:
                     deps.append(arg)
             elif kind in _CONTAINERS:
-                unwrapped[position] = map_leaves(arg, lambda v: self._unwrap(v, deps, inside))
+                arg = unwrapped[position] = map_leaves(arg, lambda v: self._unwrap(v, deps, inside))
             elif isinstance(arg, Proxy):
-                unwrapped[position] = self.node_of(arg, deps)
+                arg = unwrapped[position] = self.node_of(arg, deps)
+            if type(arg) is Node:
+                refs.append(position)
         if kwargs:
             kwargs = map_leaves(kwargs, lambda v: self._unwrap(v, deps, inside))
         if guarded and self.guard is not None and self.guard not in deps:
             deps.append(self.guard)
-        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, bool(inside), user_line(),
-                                 self.current_invoke)
+        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, None if inside else tuple(refs),
+                                 user_line(frame or sys._getframe(1)), self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node
@@ -178,9 +186,10 @@ class Tracer:
             inside.append(value)
         return value
 
-    def proxy(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None) -> Proxy:
+    def proxy(self, op: str, target: Any, args: tuple = (), kwargs: dict | None = None,
+              frame: FrameType | None = None) -> Proxy:
         """Record one operation and return its proxy."""
-        return Proxy(self.create(op, target, args, kwargs), self.experiment)
+        return Proxy(self.create(op, target, args, kwargs, True, frame or sys._getframe(1)), self.experiment)
 
     def node_of(self, proxy: Proxy, deps: list[Node]) -> Any:
         """The node behind a proxy of this experiment (a finished experiment's proxy gives its value)."""
