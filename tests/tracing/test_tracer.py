@@ -54,9 +54,8 @@ def test_nodes_as_arguments_directly_or_inside_containers_and_keywords():
         nested = rec.proxy("call_function", lambda pair, scale: (pair[0] - pair[1]) * scale, ([b, a],),
                            {"scale": a}).save()
         mixed = rec.proxy("call_function", lambda x, y, z: x * 100 + y * 10 + z, (a, 7, b)).save()
-    assert rec.graph.nodes[direct.node.index].refs == (0, 1)
-    assert rec.graph.nodes[nested.node.index].refs is None  # nodes inside containers: the args are walked
-    assert rec.graph.nodes[mixed.node.index].refs == (0, 2)
+        refs = [proxy.node.refs for proxy in (direct, nested, mixed)]
+    assert refs == [(0, 1), None, (0, 2)]  # None: nodes inside containers, the args are walked
     assert (direct.value, nested.value, mixed.value) == (3, 6, 275)
 
 
