@@ -60,12 +60,13 @@ _local = threading.local()
 
 
 # -- the hook -----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Opened:
     """One open context: the user frame of its with-statement, that block, what nnglass.save was given."""
     context: Any
     frame: FrameType | None
     block: Block | None
+    skipping: bool = False  # a trace function skips the original body (skip_body)
     pending: list = field(default_factory=list)
     values: dict | None = None  # a compiled body's variables at its end (the frame has them only later)
 
@@ -83,11 +84,14 @@ def enter(context: Any) -> None:
     if frame is not None and frame.f_code in _COMPILED:
         frame = None  # inside a compiled body: the outermost block was compiled whole
     block = _block(frame) if frame is not None else None
+    skipping = False
     if block is not None and block.runs_compiled and not CONFIG.APP.CONTROL_FLOW_HANDLING:
         block = block.as_written("nnglass.CONFIG.APP.CONTROL_FLOW_HANDLING is False")
-    elif block is not None and block.runs_compiled and not frames.skip_body(frame, block.first_line):
-        block = block.as_written("another trace function (a debugger, coverage) is active")
-    _opened().append(_Opened(context, frame, block))
+    elif block is not None and block.runs_compiled:
+        skipping = frames.skip_body(frame, block.first_line)
+        if not skipping:
+            block = block.as_written("another trace function (a debugger, coverage) is active")
+    _opened().append(_Opened(context, frame, block, skipping))
 
 
 def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any, Any], Any]) -> bool:
@@ -95,7 +99,7 @@ def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any
     stack = _opened()
     opened = stack[-1]   # popped only at the end: the compiled body's nnglass.save calls land here
     assert opened.context is context, "contexts must close in the reverse order of opening"
-    if opened.frame is not None:
+    if opened.skipping:
         frames.stop_skipping(opened.frame)
     try:
         if isinstance(error, frames.SkipBody):
@@ -286,12 +290,13 @@ def _each_proxy(value: Any, fn: Callable[[Proxy], Any], depth: int = 0) -> None:
 
 def _rebind_frame(opened: _Opened) -> None:
     """After a block that ran as written: its saved proxies in the frame become real values."""
-    namespace = frames.read(opened.frame)
     changed = {}
-    for name in opened.block.names:
-        value = namespace.get(name, UNSET)
-        if value is not UNSET and (new := _real(value)) is not value:
-            changed[name] = new
+    if opened.block.names:  # `pass` refers to none: no need to read the frame
+        namespace = frames.read(opened.frame)
+        for name in opened.block.names:
+            value = namespace.get(name, UNSET)
+            if value is not UNSET and (new := _real(value)) is not value:
+                changed[name] = new
     frames.write(opened.frame, changed)
     for value in opened.pending:
         _real(value)

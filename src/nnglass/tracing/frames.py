@@ -57,7 +57,15 @@ def stop_skipping(frame: FrameType) -> None:
         sys.settrace(None)
 
 
-_LOCALS_TO_FAST = getattr(ctypes.pythonapi, "PyFrame_LocalsToFast", None)  # gone in 3.13: f_locals writes through
+def _locals_to_fast() -> Any:
+    """PyFrame_LocalsToFast with its own prototype (a plain int and the frame are passed as they are), or None
+    where it is gone (3.13: f_locals writes through)."""
+    if not hasattr(ctypes.pythonapi, "PyFrame_LocalsToFast"):
+        return None
+    return ctypes.PYFUNCTYPE(None, ctypes.py_object, ctypes.c_int)(("PyFrame_LocalsToFast", ctypes.pythonapi))
+
+
+_LOCALS_TO_FAST = _locals_to_fast()
 
 
 def _optimized(frame: FrameType) -> bool:
@@ -82,5 +90,5 @@ def write(frame: FrameType, values: dict[str, Any]) -> None:
     namespace = frame.f_locals
     namespace.update(values)
     if _optimized(frame):
-        _LOCALS_TO_FAST(ctypes.py_object(frame), ctypes.c_int(0))
+        _LOCALS_TO_FAST(frame, 0)
         namespace.clear()

@@ -76,6 +76,25 @@ def _patches() -> list[tuple[Any, str, Any, Any]]:
 
 
 @functools.cache
+def _swaps() -> tuple[list[tuple[dict, dict]], list[tuple[dict, dict]], tuple[str, Any, Any]]:
+    """The patches as one update per module namespace (traced, then original), and Parameter's `__new__`.
+
+    A module's namespace is a plain dict, so one `dict.update` sets all of its names (a setattr each
+    costs more); a class must be set through setattr, which keeps the type's method cache right.
+    """
+    traced: dict[int, tuple[dict, dict]] = {}
+    original: dict[int, tuple[dict, dict]] = {}
+    parameter = None
+    for owner, name, before, after in _patches():
+        if owner is _PARAMETER:
+            parameter = (name, before, after)
+            continue
+        traced.setdefault(id(owner), (vars(owner), {}))[1][name] = after
+        original.setdefault(id(owner), (vars(owner), {}))[1][name] = before
+    return list(traced.values()), list(original.values()), parameter
+
+
+@functools.cache
 def originals() -> dict[Any, Any]:
     """traced function -> the original it stands for (the wire names the original)."""
     return {traced: original for _, _, original, traced in _patches()}
@@ -85,14 +104,14 @@ def install_patches() -> None:
     """Make factories, einops, optimizers and Parameter record while any recorder is open (in any thread).
 
     Undone by remove_patches when the last recorder closes: patched torch functions left in place
-    confuse other libraries (transformers' weight loading re-creates buffers with them).
+    confuse other libraries (transformers' weight loading re-creates buffers with them), and
+    torch.jit.script / torch.compile must see the real functions outside traces.
     """
     global _patched
     with _lock:
         _patched += 1
         if _patched == 1:
-            for owner, name, _, traced in _patches():
-                setattr(owner, name, traced)
+            _apply(traced=True)
 
 
 def remove_patches() -> None:
@@ -101,8 +120,15 @@ def remove_patches() -> None:
     with _lock:
         _patched -= 1
         if _patched == 0:
-            for owner, name, original, _ in _patches():
-                setattr(owner, name, original)
+            _apply(traced=False)
+
+
+def _apply(traced: bool) -> None:
+    """Set every patched name to its traced (or original) function."""
+    to_traced, to_original, (name, original, patched) = _swaps()
+    for namespace, values in to_traced if traced else to_original:
+        namespace.update(values)
+    setattr(_PARAMETER, name, patched if traced else original)
 
 
 def pause_gc() -> None:
