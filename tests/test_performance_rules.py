@@ -9,6 +9,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from nnglass import NNsight
+from nnglass.intervention.fake import _Meta
 
 
 @pytest.fixture
@@ -145,12 +146,12 @@ def test_graph_cost_is_linear_in_nodes():
 
 
 def live_fakes() -> int:
-    """Fake and meta tensors alive after a collection (what the shape cache keeps: data-free tensors)."""
+    """Fake and meta tensors and tensor records alive after a collection (what the shape cache keeps)."""
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gc sees deprecated torch objects
         return sum(1 for obj in gc.get_objects()
-                   if isinstance(obj, FakeTensor) or isinstance(obj, torch.Tensor) and obj.is_meta)
+                   if isinstance(obj, (FakeTensor, _Meta)) or isinstance(obj, torch.Tensor) and obj.is_meta)
 
 
 def test_shape_cache_is_bounded(deep):

@@ -62,31 +62,32 @@ def _run_without_effects(model: torch.nn.Module, forward: Any, args: tuple, kwar
 
 
 class _Meta:
-    """What a scan keeps of a real tensor: its metadata on the meta device (no data), and its device."""
+    """What a scan keeps of a real tensor: plain values (shape, strides, dtype, device), no tensor.
 
-    __slots__ = ("meta", "device", "requires_grad")
+    A tensor of another layout than strided (sparse) has no strides: it is kept on the meta device.
+    """
+
+    __slots__ = ("shape", "strides", "dtype", "device", "requires_grad", "meta")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        self.meta = tensor.detach().to("meta")
-        self.device = tensor.device
+        self.shape, self.dtype, self.device = tensor.shape, tensor.dtype, tensor.device
         self.requires_grad = tensor.requires_grad
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.meta.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.meta.dtype
+        strided = tensor.layout is torch.strided
+        self.strides = tensor.stride() if strided else None
+        self.meta = None if strided else tensor.detach().to("meta")
 
     @property
     def ndim(self) -> int:
-        return self.meta.ndim
+        return len(self.shape)
 
     def fake(self, mode: FakeTensorMode) -> torch.Tensor:
         """A fake tensor like the recorded one, made on first use."""
-        made = mode.fake_tensor_converter.from_meta_and_device(mode, self.meta, self.device)
-        return made.requires_grad_(self.requires_grad) if self.meta.is_floating_point() else made
+        if self.meta is not None:
+            made = mode.fake_tensor_converter.from_meta_and_device(mode, self.meta, self.device)
+            return made.requires_grad_(self.requires_grad) if self.dtype.is_floating_point else made
+        with mode:
+            return torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device=self.device,
+                                       requires_grad=self.requires_grad)
 
 
 class ScanCache:
