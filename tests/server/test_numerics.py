@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nnglass.server.numerics import MKL_MODE
+from tests.server.rounding import EXACT, NOT_EXACT
 
 AVX512 = "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 CHECK = "from nnglass.server.numerics import gemm_batch_invariant; print(gemm_batch_invariant())"
@@ -22,5 +23,6 @@ def invariant_in_a_process(mode: str) -> bool:
 
 @pytest.mark.parametrize("mode", [MKL_MODE, pytest.param("AVX512,STRICT", marks=pytest.mark.skipif(
     not AVX512, reason="this CPU has no AVX512"))])
+@pytest.mark.skipif(not EXACT, reason=NOT_EXACT)
 def test_strict_modes_are_batch_invariant(mode):
     assert invariant_in_a_process(mode)
