@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from tests.server.rounding import same
 from tests.server.serving import hosting, tiny_model
 
 THREADS, JOBS = 20, 10
@@ -47,4 +48,4 @@ def test_twenty_clients_submitting_ten_jobs_each(hosted, net, caplog):
     assert sorted(results) == list(range(THREADS)) and elapsed < 60
     for t, mine in results.items():
         for x, (hidden, out) in zip(inputs[t], mine):
-            assert torch.equal(hidden, net.layer1(x)) and torch.equal(out, net(x))
+            assert same(hidden, net.layer1(x)) and same(out, net(x))  # jobs may share a forward

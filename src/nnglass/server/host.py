@@ -25,6 +25,12 @@ from .workers import ModelWorker
 __all__ = ["Host"]
 
 
+_EXACT_HINT = {  # whether MKL_CBWR was set: what gives bit-identical batched results on the CPU
+    False: "start the server with MKL_CBWR=AUTO,STRICT (`nnglass serve` sets it)",
+    True: "MKL_CBWR does not make this CPU's matrix products batch-invariant; use --batch-size 1",
+}
+
+
 class Host:
     """Hosted models by name, one queue each, and the jobs sent to them; a hosting backend runs the jobs."""
 
@@ -37,8 +43,8 @@ class Host:
         self.sizes = {name: sum(p.numel() for p in model._model.parameters()) for name, model in self.models.items()}
         if self.limits.batch_size > 1 and not gemm_batch_invariant():
             logging.getLogger("nnglass.server").warning(
-                "jobs sharing a forward may differ from running alone in the last bits: start the server with "
-                "MKL_CBWR=AUTO,STRICT (`nnglass serve` sets it) for bit-identical batched results on the CPU")
+                "jobs sharing a forward may differ from running alone in the last bits: " + _EXACT_HINT[
+                    "MKL_CBWR" in os.environ])
         self._resume()
 
     def submit(self, body: bytes, owner: int) -> SubmitResponse:
