@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -14,40 +15,76 @@ from ..tracing.walk import map_leaves
 from .interleaver import EVENTS, Interleaver
 from .source import activate
 
-__all__ = ["Fake", "record_forward", "ScanCache"]
+__all__ = ["Fake", "record_forward", "ScanCache", "Records"]
+
+
+class Records(dict):
+    """A scan's module records by (path, kind, call); `complete` once its forward ran to the end."""
+
+    complete = False
+
+    def hold(self, needed: Collection | None) -> bool:
+        """Whether these records answer for needed (None: every record); complete ones answer misses too."""
+        return self.complete or needed is not None and all(key in self for key in needed)
+
+
+class _Enough(BaseException):
+    """Raised by a scan's hook once every needed record is kept (not an Exception: model code lets it pass)."""
+
+
+class _Recorder:
+    """The hooks' side of a scan: keeps each call's inputs and output, stops once the needed ones are kept."""
+
+    def __init__(self, needed: Collection | None, real: bool) -> None:
+        self.records = Records()
+        self.calls: dict[tuple[str, str], int] = {}
+        self.left = None if needed is None else set(needed)
+        self.convert = (lambda v: _Meta(v) if isinstance(v, torch.Tensor) else v) if real else (lambda v: v)
+
+    def keep(self, path: str, kind: str, value: Any) -> None:
+        call = self.calls[(path, kind)] = self.calls.get((path, kind), -1) + 1
+        self.records[(path, kind, call)] = map_leaves(value, self.convert)
+        if self.left is not None:
+            self.left.discard((path, kind, call))
+            if not self.left:
+                raise _Enough
 
 
 def record_forward(modules: dict[str, torch.nn.Module], forward: Any, args: tuple, kwargs: dict,
-                   mode: FakeTensorMode) -> dict:
+                   mode: FakeTensorMode, needed: Collection | None = None) -> Records:
     """Every module's inputs and output per call, as fake tensors: from one real forward when the
-    weights are loaded (its buffers and random state restored after), else from a fake forward."""
-    records: dict[tuple[str, str, int], Any] = {}
-    calls: dict[tuple[str, str], int] = {}
+    weights are loaded (its buffers and random state restored after), else from a fake forward.
+
+    With `needed` ((path, kind, call) keys) the forward stops once those are kept: the records are partial.
+    """
     model = modules[""]
     real = not any(p.is_meta for p in model.parameters())
-    fake = (lambda v: _Meta(v) if isinstance(v, torch.Tensor) else v) if real else (lambda v: v)
-
-    def keep(path: str, kind: str, value: Any) -> None:
-        call = calls[(path, kind)] = calls.get((path, kind), -1) + 1
-        records[(path, kind, call)] = map_leaves(value, fake)
-
+    recorder = _Recorder(needed, real)
     handles: list[Any] = activate(modules, modules)  # forwards with points run rewritten
     for path, module in modules.items():
         handles.append(module.register_forward_pre_hook(
-            lambda m, a, k, path=path: keep(path, "inputs", (a, k)), with_kwargs=True))
-        handles.append(module.register_forward_hook(lambda m, a, o, path=path: keep(path, "output", o)))
+            lambda m, a, k, path=path: recorder.keep(path, "inputs", (a, k)), with_kwargs=True))
+        handles.append(module.register_forward_hook(lambda m, a, o, path=path: recorder.keep(path, "output", o)))
     try:
         with suspended():
-            if real:
-                _run_without_effects(model, forward, args, kwargs)
-            else:
-                with mode:
-                    inputs = map_leaves((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
-                    forward(*inputs[0], **inputs[1])
+            _run(model, forward, args, kwargs, mode if not real else None)
+        recorder.records.complete = True
+    except _Enough:
+        pass
     finally:
         for handle in handles:
             handle.remove()
-    return records
+    return recorder.records
+
+
+def _run(model: torch.nn.Module, forward: Any, args: tuple, kwargs: dict, mode: FakeTensorMode | None) -> None:
+    """Run forward for real (no effects kept), or on fake copies of the inputs in mode."""
+    if mode is None:
+        _run_without_effects(model, forward, args, kwargs)
+        return
+    with mode:
+        inputs = map_leaves((args, kwargs), lambda v: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v)
+        forward(*inputs[0], **inputs[1])
 
 
 def _run_without_effects(model: torch.nn.Module, forward: Any, args: tuple, kwargs: dict) -> None:
@@ -97,18 +134,36 @@ class ScanCache:
         self.size = size
         self.entries: collections.OrderedDict[Any, dict] = collections.OrderedDict()
 
-    def get(self, key: Any, make: Any) -> dict:
-        """The records for key, made with make() when missing."""
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        records = self.entries[key] = make()
+    def get(self, key: Any, make: Any, needed: Collection | None = None) -> Records:
+        """The records for key that hold needed (None: all), made with make(needed) when missing;
+        an entry that stopped short of them is replaced by a scan to the end."""
+        records = self.entries.get(key)
+        if records is None:
+            records = make(needed)
+        elif not records.hold(needed):
+            records = make(None)
+        self.entries[key] = records
+        self.entries.move_to_end(key)
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)
         return records
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+def record_key(node: Node) -> tuple[str, str, int]:
+    """The (path, kind, call) of the record an event node reads."""
+    return node.target, node.op, max(node.args[0], 0)
+
+
+def _needed(order: list[Node]) -> dict[int | None, set]:
+    """The record keys the event nodes among order read, per invoke."""
+    needed: dict[int | None, set] = {}
+    for item in order:
+        if item.op in EVENTS:
+            needed.setdefault(item.invoke, set()).add(record_key(item))
+    return needed
 
 
 class Fake(Interleaver):
@@ -118,15 +173,14 @@ class Fake(Interleaver):
         super().__init__(trace.graph, Run(trace.experiment.graphs, {}), trace.model._modules_by_path)
         self.trace = trace
         self.mode = trace.model._fake_mode
-        self.records: dict[int | None, dict] = {}
+        self.records: dict[int | None, Records] = {}
         self.values: dict[Node, Any] = {}
 
     def value(self, node: Node) -> Any:
         """The fake value of node (computing the nodes it depends on first)."""
         order = self._missing(node)
-        for item in order:  # module records first: preparing inputs must not see fake tensors
-            if item.op in EVENTS:
-                self.prepare_invoke(item.invoke)
+        for invoke, needed in _needed(order).items():  # records first: preparing inputs must not see fakes
+            self.prepare_invoke(invoke, needed)
         with suspended(), self.mode:
             for item in order:
                 self.values[item] = self._evaluate(item)
@@ -154,22 +208,24 @@ class Fake(Interleaver):
             return node.target(*args, **kwargs)
         return getattr(self, node.op)(node, *args, **kwargs)
 
-    def prepare_invoke(self, invoke: int | None) -> dict:
-        """The module records of one invoke's inputs (or of the whole batch)."""
+    def prepare_invoke(self, invoke: int | None, needed: Collection | None = None) -> Records:
+        """The module records of one invoke's inputs (or of the whole batch): the needed ones, else all."""
+        if self.trace.validate:
+            needed = None  # validation evaluates every node: one scan to the end
         records = self.records.get(invoke)
-        if records is None:
+        if records is None or not records.hold(needed):
             args, kwargs = self.trace.inputs_of(invoke)
-            records = self.records[invoke] = self.trace.model._scan_records(args, kwargs)
+            records = self.records[invoke] = self.trace.model._scan_records(args, kwargs, needed)
         return records
 
     def _event(self, node: Node) -> Any:
-        records = self.prepare_invoke(node.invoke)
-        call = max(node.args[0], 0)
-        if (node.target, node.op, call) not in records:
-            raise ValueError(f"Module '{node.target}' was not called {call + 1} time(s) in the scan, "
+        key = record_key(node)
+        records = self.prepare_invoke(node.invoke, (key,))
+        if key not in records:
+            raise ValueError(f"Module '{node.target}' was not called {key[2] + 1} time(s) in the scan, "
                              f"so its {node.op} has no shape.")
         mode = self.mode
-        return map_leaves(records[(node.target, node.op, call)],
+        return map_leaves(records[key],
                           lambda v: v.fake(mode) if isinstance(v, _Meta) else v)
 
     # -- ops that have no meaning on fake values ---------------------------------------------------

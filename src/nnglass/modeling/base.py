@@ -117,11 +117,11 @@ class NNsight(Envoy):
         """Run the wrapped model."""
         return self._model(*args, **kwargs)
 
-    def _scan_records(self, args: tuple, kwargs: dict) -> dict:
-        """Fake-tensor records of every module's inputs and outputs, cached per input signature."""
+    def _scan_records(self, args: tuple, kwargs: dict, needed: Any = None) -> dict:
+        """Records of the modules' inputs and outputs (up to those needed), cached per input signature."""
         key = (len(self._modules_by_path), _signature((args, kwargs)))  # `.source` points add modules
-        return self._scans.get(key, lambda: record_forward(
-            self._modules_by_path, self._execute, args, kwargs, self._fake_mode))
+        return self._scans.get(key, lambda wanted: record_forward(
+            self._modules_by_path, self._execute, args, kwargs, self._fake_mode, wanted), needed)
 
 
 def library_options(kwargs: dict, invoker_args: dict | None = None) -> dict | None:

@@ -1,0 +1,57 @@
+"""The scan: early-stopped records, partial cache entries extended, no hooks left, the cache bounded."""
+import torch
+
+from nnglass import NNsight
+
+
+def deep_net() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[torch.nn.Linear(5 + i, 6 + i) for i in range(6)])
+
+
+def hooks(net: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+def test_an_early_stopped_scan_then_a_later_module_gives_the_eager_shape():
+    net = deep_net()
+    model = NNsight(net)
+    x = torch.rand(2, 5)
+    with model.trace(x):
+        first = model[0].output.shape
+        last = model[5].output.shape
+        inputs = model[3].input.shape
+    assert first == net[0](x).shape and last == net(x).shape and inputs == net[:3](x).shape
+    assert hooks(net) == 0
+
+
+def test_a_partial_entry_is_extended_and_a_complete_one_reports_a_missing_call():
+    model = NNsight(deep_net())
+    x = torch.rand(3, 5)
+    with model.trace(x):
+        model[1].output.shape
+    (records,) = model._scans.entries.values()
+    assert not records.complete and (("5", "output", 0) not in records)
+    with model.trace(x):
+        assert model[4].output.shape == (3, 10)
+    (records,) = model._scans.entries.values()
+    assert records.complete
+
+
+def test_invokes_of_different_lengths_stop_on_their_own():
+    model = NNsight(deep_net())
+    a, b = torch.rand(1, 5), torch.rand(4, 5)
+    with model.trace() as tracer:
+        with tracer.invoke(a):
+            one = model[2].output.shape
+        with tracer.invoke(b):
+            four = model[5].output.shape
+    assert one == (1, 8) and four == (4, 11)
+
+
+def test_the_cache_stays_bounded_with_partial_entries():
+    model = NNsight(deep_net())
+    for batch in range(1, 20):
+        with model.trace(torch.rand(batch, 5)):
+            model[batch % 6].output.shape
+    assert len(model._scans.entries) <= model._scans.size
