@@ -262,8 +262,9 @@ def lm_serve(lib: Any, settings: Settings, model_path: str) -> Figures:
     batched, alone = (server.Host(hosting.InProcess({name: model}, limits.Limits(batch_size=size))) for size in (8, 1))
     try:
         decode = importlib.import_module(f"{lib.__name__}.remote.serialize").Decoder
-        exact = importlib.import_module(f"{lib.__name__}.server.numerics").gemm_batch_invariant()
-        same = torch.equal if exact else lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)  # float rounding
+        numerics = importlib.import_module(f"{lib.__name__}.server.numerics")
+        exact = numerics.gemm_batch_invariant()
+        same = lambda a, b: numerics.agree(a, b, exact)  # noqa: E731  bit for bit, or to float rounding
         for mine, theirs in zip(finish_all(batched, requests), finish_all(alone, requests)):
             if not all(same(*pair) for pair in zip(*(saved(decode, result) for result in (mine, theirs)))):
                 raise AssertionError("batched jobs got other results than jobs run one by one")

@@ -5,7 +5,7 @@ no MKL mode makes a row's product independent of the batch, and batched values e
 """
 import torch
 
-from nnglass.server.numerics import gemm_batch_invariant
+from nnglass.server.numerics import agree, gemm_batch_invariant
 
 EXACT = gemm_batch_invariant()
 NOT_EXACT = "MKL's strict mode is not batch-invariant on this CPU: batched values agree to float rounding"
@@ -13,6 +13,4 @@ NOT_EXACT = "MKL's strict mode is not batch-invariant on this CPU: batched value
 
 def same(batched: torch.Tensor, alone: torch.Tensor) -> bool:
     """Equal shapes, and values equal bit for bit (EXACT) or to float32 rounding."""
-    if batched.shape != alone.shape:
-        return False
-    return torch.equal(batched, alone) if EXACT else torch.allclose(batched, alone, rtol=1e-5, atol=1e-6)
+    return agree(batched, alone, EXACT)

@@ -219,8 +219,9 @@ class Fake(Interleaver):
         return records
 
     def _event(self, node: Node) -> Any:
+        """A module's recorded input or output, as a fake (`value` prepared the invoke's records)."""
         key = record_key(node)
-        records = self.prepare_invoke(node.invoke, (key,))
+        records = self.records[node.invoke]
         if key not in records:
             raise ValueError(f"Module '{node.target}' was not called {key[2] + 1} time(s) in the scan, "
                              f"so its {node.op} has no shape.")

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["MKL_MODE", "use_strict_gemm", "gemm_batch_invariant"]
+__all__ = ["MKL_MODE", "use_strict_gemm", "gemm_batch_invariant", "agree"]
 
 MKL_MODE = "AUTO,STRICT"  # MKL's best code path for this CPU, strict: portable to CPUs without AVX512
 
@@ -27,3 +27,10 @@ def gemm_batch_invariant() -> bool:
     rows = torch.randn(72, 576, generator=generator)
     full = torch.nn.functional.linear(rows, weight, bias)
     return all(torch.equal(torch.nn.functional.linear(rows[:k], weight, bias), full[:k]) for k in (1, 9))
+
+
+def agree(batched: torch.Tensor, alone: torch.Tensor, exact: bool) -> bool:
+    """Equal shapes, and values equal bit for bit (exact: batch-invariant products) or to float32 rounding."""
+    if batched.shape != alone.shape:
+        return False
+    return torch.equal(batched, alone) if exact else torch.allclose(batched, alone, rtol=1e-4, atol=1e-5)

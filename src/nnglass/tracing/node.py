@@ -20,17 +20,15 @@ _LIBRARY_DIRS = tuple(
 _is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
 
 
-def user_line(frame: FrameType | None = None) -> tuple[Any, int]:
+def user_line(frame: FrameType) -> tuple[Any, int]:
     """Where the first caller outside nnglass, torch and einops is: (code object, bytecode offset).
 
-    The walk starts at frame (default: the caller's caller); an entry point that passes its own
-    caller's frame spares the frames in between (each one walked costs a frame object).
+    The walk starts at frame; an entry point that passes its own caller's frame spares the frames in
+    between (each one walked costs a frame object).
 
     The line number is worked out only when needed (`location`): a frame's f_lineno costs time
     proportional to the size of its code, which is large for a long script or notebook cell.
     """
-    if frame is None:
-        frame = sys._getframe(2)
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
         skip = _is_library.get(filename)
@@ -64,9 +62,10 @@ class Node:
     """One operation: `op` names the interpreter method, `target` what it calls or reads.
 
     `refs` are the positions of the arguments that are nodes, or None when nodes may also sit inside
-    containers (of args or kwargs: the interpreter then walks them). `deps` are the nodes of the same graph this one waits for (its arguments, an open condition,
-    a subgraph's outer values); `users` the indices of the nodes of the same graph that wait for it. Arguments may
-    also name nodes of enclosing graphs (their values are in the env when this graph runs).
+    containers (of args or kwargs: the interpreter then walks them). `deps` are the nodes of the same
+    graph this one waits for (its arguments, an open condition, a subgraph's outer values); `users` the
+    indices of the nodes of the same graph that wait for it. Arguments may also name nodes of enclosing
+    graphs (their values are in the env when this graph runs).
     """
 
     __slots__ = ("op", "target", "args", "kwargs", "graph", "index", "deps", "users", "where",

@@ -76,22 +76,13 @@ def _patches() -> list[tuple[Any, str, Any, Any]]:
 
 
 @functools.cache
-def _swaps() -> tuple[list[tuple[dict, dict]], list[tuple[dict, dict]], tuple[str, Any, Any]]:
-    """The patches as one update per module namespace (traced, then original), and Parameter's `__new__`.
-
-    A module's namespace is a plain dict, so one `dict.update` sets all of its names (a setattr each
-    costs more); a class must be set through setattr, which keeps the type's method cache right.
-    """
-    traced: dict[int, tuple[dict, dict]] = {}
-    original: dict[int, tuple[dict, dict]] = {}
-    parameter = None
-    for owner, name, before, after in _patches():
-        if owner is _PARAMETER:
-            parameter = (name, before, after)
-            continue
-        traced.setdefault(id(owner), (vars(owner), {}))[1][name] = after
-        original.setdefault(id(owner), (vars(owner), {}))[1][name] = before
-    return list(traced.values()), list(original.values()), parameter
+def _swaps() -> list[tuple[Any, dict, dict]]:
+    """The patches grouped by owner: (owner, name -> traced, name -> original)."""
+    groups: dict[int, tuple[Any, dict, dict]] = {}
+    for owner, name, original, traced in _patches():
+        _, to_traced, to_original = groups.setdefault(id(owner), (owner, {}, {}))
+        to_traced[name], to_original[name] = traced, original
+    return list(groups.values())
 
 
 @functools.cache
@@ -124,11 +115,18 @@ def remove_patches() -> None:
 
 
 def _apply(traced: bool) -> None:
-    """Set every patched name to its traced (or original) function."""
-    to_traced, to_original, (name, original, patched) = _swaps()
-    for namespace, values in to_traced if traced else to_original:
-        namespace.update(values)
-    setattr(_PARAMETER, name, patched if traced else original)
+    """Set every patched name to its traced (or original) function.
+
+    A module's namespace is a plain dict, so one `dict.update` sets all of its names (a setattr each
+    costs more); a class is set through setattr, which keeps the type's method cache right.
+    """
+    for owner, to_traced, to_original in _swaps():
+        values = to_traced if traced else to_original
+        if isinstance(owner, type):
+            for name, value in values.items():
+                setattr(owner, name, value)
+        else:
+            vars(owner).update(values)
 
 
 def pause_gc() -> None:
