@@ -1,7 +1,8 @@
 """The scan: early-stopped records, partial cache entries extended, no hooks left, the cache bounded."""
 import torch
 
-from nnglass import NNsight
+from nnglass import LanguageModel, NNsight
+from tests.conftest import tiny_llama
 
 
 def deep_net() -> torch.nn.Sequential:
@@ -55,3 +56,14 @@ def test_the_cache_stays_bounded_with_partial_entries():
         with model.trace(torch.rand(batch, 5)):
             model[batch % 6].output.shape
     assert len(model._scans.entries) <= model._scans.size
+
+
+def test_shapes_in_generate_are_those_of_each_generation_step(smol_tokenizer):
+    lm = LanguageModel(tiny_llama(smol_tokenizer, 2), tokenizer=smol_tokenizer)
+    with lm.generate("Hello world", max_new_tokens=3, do_sample=False):
+        head = lm.lm_head.output.shape  # generate computes the logits of the last token only
+        first = lm.lm_head.output.save()
+        step = lm.model.layers[0].next().output.shape
+        second = lm.model.layers[0].output.save()
+    assert head == first.shape == (1, 1, len(smol_tokenizer))
+    assert step == second.shape == (1, 1, 32)

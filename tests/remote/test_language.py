@@ -92,3 +92,13 @@ def test_standard_names_and_logit_lens_ops_work_remotely(llama, hosted):
     kwargs = dict(layers=[28, 29], positions=[-1])
     assert torch.allclose(patch_activations(*args, **kwargs, remote=True).effect,
                           patch_activations(*args, **kwargs).effect, atol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 2}])
+def test_shapes_in_a_remote_generate_are_those_of_its_first_step(hosted, settings):
+    llama = smollm2()  # weights not loaded: the scan runs on fake tensors
+    with llama.generate(PROMPT, max_new_tokens=2, remote=True, **settings):
+        shape = llama.lm_head.output.shape  # the last token's logits, one row per beam
+        logits = llama.lm_head.output.save()
+    assert not llama.dispatched
+    assert shape == logits.value.shape == (settings.get("num_beams", 1), 1, 49152)

@@ -215,7 +215,9 @@ class Fake(Interleaver):
         records = self.records.get(invoke)
         if records is None or not records.hold(needed):
             args, kwargs = self.trace.inputs_of(invoke)
-            records = self.records[invoke] = self.trace.model._scan_records(args, kwargs, needed)
+            trace = self.trace  # a run as the trace's own (generate: every step, logits of the last token)
+            records = self.records[invoke] = trace.model._scan_records(args, kwargs, needed, trace.method,
+                                                                       trace.call_kwargs)
         return records
 
     def _event(self, node: Node) -> Any:
@@ -223,7 +225,9 @@ class Fake(Interleaver):
         key = record_key(node)
         records = self.records[node.invoke]
         if key not in records:
-            raise ValueError(f"Module '{node.target}' was not called {key[2] + 1} time(s) in the scan, "
+            hint = (" (a generate call is scanned step by step where the weights are loaded, else as its "
+                    "first step only, e.g. for remote=True)" if self.trace.method == "generate" else "")
+            raise ValueError(f"Module '{node.target}' was not called {key[2] + 1} time(s) in the scan{hint}, "
                              f"so its {node.op} has no shape.")
         mode = self.mode
         return map_leaves(records[key],

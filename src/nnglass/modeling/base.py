@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..intervention.backend import Backend
+from ..intervention.backend import RUNS, Backend
 from ..intervention.envoy import Envoy
 from ..intervention.fake import ScanCache, record_forward
 from ..intervention.session import Editor, Session
@@ -117,11 +117,15 @@ class NNsight(Envoy):
         """Run the wrapped model."""
         return self._model(*args, **kwargs)
 
-    def _scan_records(self, args: tuple, kwargs: dict, needed: Any = None) -> dict:
-        """Records of the modules' inputs and outputs (up to those needed), cached per input signature."""
-        key = (len(self._modules_by_path), _signature((args, kwargs)))  # `.source` points add modules
+    def _scan_records(self, args: tuple, kwargs: dict, needed: Any = None, method: str = "forward",
+                      call_kwargs: dict | None = None) -> dict:
+        """Records of the modules' inputs and outputs (up to those needed) in a run of method (e.g. every
+        step of `generate`), cached per input signature."""
+        call_kwargs = call_kwargs or {}
+        run, kwargs = getattr(self, RUNS[method]), {**kwargs, **call_kwargs}
+        key = (len(self._modules_by_path), method, _signature((args, kwargs)))  # `.source` points add modules
         return self._scans.get(key, lambda wanted: record_forward(
-            self._modules_by_path, self._execute, args, kwargs, self._fake_mode, wanted), needed)
+            self._modules_by_path, run, args, kwargs, self._fake_mode, wanted), needed)
 
 
 def library_options(kwargs: dict, invoker_args: dict | None = None) -> dict | None:

@@ -58,7 +58,9 @@ class LanguageModel(NNsight):
         self.tokenizer = tokenizer
         if self.tokenizer is not None and self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._takes_positions = "position_ids" in inspect.signature(module.forward).parameters
+        parameters = inspect.signature(module.forward).parameters
+        self._takes_positions = "position_ids" in parameters
+        self._keeps_logits = "logits_to_keep" in parameters  # generate computes the last token's logits only
         if dispatch:
             self.dispatch()
 
@@ -174,13 +176,29 @@ class LanguageModel(NNsight):
         batch = {key: torch.cat([p[key] for p in padded]) for key in padded[0]}  # [total, width, ...]
         return (), batch, *batch_slices([size for _, _, size in prepared])
 
+    def _scan_records(self, args: tuple, kwargs: dict, needed: Any = None, method: str = "forward",
+                      call_kwargs: dict | None = None) -> dict:
+        """As NNsight's; `generate` with weights not loaded (fake tensors cannot say when it stops) is
+        scanned as its first step: the prompt's forward, its rows copied per beam or return sequence."""
+        if method == "generate" and not self.dispatched:
+            beams, sequences = self._copies(call_kwargs or {})
+            copies = beams if beams > 1 else sequences  # rows of generate's first forward
+            kwargs = {k: v.repeat_interleave(copies, 0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            method, call_kwargs = "forward", {"logits_to_keep": 1} if self._keeps_logits else {}
+        return super()._scan_records(args, kwargs, needed, method, call_kwargs)
+
+    def _copies(self, call_kwargs: dict) -> tuple[int, int]:
+        """(beams, return sequences) of a generate call: the copies it makes of each row."""
+        config = getattr(self._model, "generation_config", None)
+        beams = call_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+        sequences = call_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+        return beams, sequences
+
     def _batch_factors(self, method: str, call_kwargs: dict) -> frozenset[int]:
         """Row copies `generate` makes: beams and return sequences (each row's copies sit together)."""
         if method != "generate":
             return frozenset({1})
-        config = getattr(self._model, "generation_config", None)
-        beams = call_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
-        sequences = call_kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1
+        beams, sequences = self._copies(call_kwargs)
         return frozenset({1, beams, sequences, beams * sequences})
 
     def _execute(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
