@@ -30,6 +30,29 @@ def eager(hf, tok, edits=None):
     return logits, {i: seen[(layer(i), "output")] for i in range(len(hf.model.layers))}
 
 
+def test_any_value_has_a_save_as_nnsight_mounts_on_every_object(model, hf, tok):
+    with model.trace(PROMPT):
+        hidden_states = list().save()
+        for i in range(LAYERS):
+            hidden_states.append(model.model.layers[i].output)
+        by_name = {}.save()
+        by_name["logits"] = model.lm_head.output
+        width = model.model.layers[0].output.shape[-1].save()
+    expected_logits, seen = eager(hf, tok)
+    assert width == hf.config.hidden_size and len(hidden_states) == LAYERS
+    for got, expected in zip(hidden_states, seen.values()):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(by_name["logits"], expected_logits)
+
+
+def test_save_of_a_list_named_earlier_in_a_straight_block(model, hf, tok):
+    with model.trace(PROMPT):
+        last = []
+        last.save()
+        last.append(model.model.layers[-1].output)
+    torch.testing.assert_close(last[0], eager(hf, tok)[1][LAYERS - 1])
+
+
 def test_saving_gives_real_tensors(model, hf, tok):
     with model.trace(PROMPT):
         hidden_states = model.model.layers[-1].output.save()

@@ -45,10 +45,11 @@ def zero_at(chosen):
     return lambda step, out: out * 0 if step in chosen else out
 
 
-def test_iter_all_steps_collects_each_step(model, hf, tok):
+@pytest.mark.parametrize("steps", ["iter", "all"])
+def test_iter_all_steps_collects_each_step(model, hf, tok, steps):
     with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
         hidden_states = nnsight.save([])
-        for step in tracer.iter[:]:
+        for step in (tracer.iter[:] if steps == "iter" else tracer.all()):
             hidden_states.append(model.model.layers[-1].output)
     _, seen = generate(hf, tok)
     assert len(hidden_states) == STEPS
@@ -229,6 +230,13 @@ def test_cache_options_detach_dtype_device(tiny, net, x):
     assert entry.dtype == torch.float16 and not entry.requires_grad and entry.device.type == "cpu"
     torch.testing.assert_close(entry, net.layer1(x).detach().half())
     assert attached["layer1"].output.requires_grad  # x needs a gradient, so layer1's output has one
+
+
+def test_cache_attributes_from_nnsights_root_name_of_a_model_without_a_model_child(tiny, net, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache()
+    torch.testing.assert_close(cache.model.layer1.output, net.layer1(x))
+    torch.testing.assert_close(cache.model.output, net(x))
 
 
 @pytest.mark.parametrize("remote", [False, "local"])

@@ -102,10 +102,14 @@ class _Path:
             if entry is None:
                 raise KeyError(f"Module '{self._path}' was not cached (or did not run).")
             return getattr(entry, name)
-        return _Path(self._cache, f"{self._path}.{name}")
+        return self._child(name)
 
     def __getitem__(self, index: int) -> _Path:
-        return _Path(self._cache, f"{self._path}.{index}")
+        return self._child(str(index))
+
+    def _child(self, name: str) -> _Path:
+        """The path one step below this one (below the root, `model`: the name itself)."""
+        return _Path(self._cache, f"{self._path}.{name}" if self._path else name)
 
 
 def put(cache: Cache, path: str, kind: str, value: Any) -> None:

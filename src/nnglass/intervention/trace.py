@@ -18,7 +18,7 @@ from .cache import Cache, aliases_of, put
 from .fake import Fake
 from .interleaver import ALL_CALLS
 
-__all__ = ["Trace", "Invoker", "Barrier", "Steps"]
+__all__ = ["Trace", "Invoker", "Barrier", "Steps", "AllSteps"]
 
 
 def _enclosing(path: str) -> Iterator[str]:
@@ -107,6 +107,25 @@ class Steps:
                 yield index
             if open_end and count:
                 self.trace.open_steps.append(range(start, len(graph.nodes)))
+
+
+class AllSteps:
+    """`tracer.all()`: a context whose body applies at every step (nnsight 0.4), or a loop over every step
+    like `tracer.iter[:]` (nnsight 0.5)."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.scopes: list[contextlib.AbstractContextManager] = []
+
+    def __enter__(self) -> None:
+        self.scopes.append(self.trace.at_step(ALL_CALLS))
+        self.scopes[-1].__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.scopes.pop().__exit__(*exc)
+
+    def __iter__(self) -> Iterator[int]:
+        return Steps(self.trace)[:]
 
 
 class Trace(Tracer):
@@ -222,9 +241,9 @@ class Trace(Tracer):
         """`for step in tracer.iter[1:3]:` (or `[:]`, `[[0, 2]]`): the body addresses every module at each step."""
         return Steps(self)
 
-    def all(self) -> contextlib.AbstractContextManager:
-        """`with tracer.all():` the body applies at every step (it re-runs on each module call)."""
-        return self.at_step(ALL_CALLS)
+    def all(self) -> AllSteps:
+        """Every step: `with tracer.all():` (the body re-runs on each module call) or `for step in tracer.all():`."""
+        return AllSteps(self)
 
     def next(self, step: int = 1) -> Trace:
         """Address every module at the following step (generation)."""

@@ -51,7 +51,7 @@ from ..config import CONFIG
 from . import frames
 from .errors import TraceError
 from .proxy import Proxy
-from .rewrite import BODY, Unsupported, compile_body, stored, walk_scope
+from .rewrite import BODY, Unsupported, compile_body, saves_plain, stored, walk_scope
 from .runtime import UNSET, Runtime
 
 __all__ = ["enter", "exit", "save", "variables"]
@@ -162,7 +162,7 @@ def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
     block, frame = opened.block, opened.frame
     namespace = frames.read(frame)
     before = {name: namespace[name] for name in block.params if name in namespace}
-    values = FunctionType(block.code, frame.f_globals, BODY, block.defaults)(Runtime(block.filename), **before)
+    values = FunctionType(block.code, frame.f_globals, BODY, block.defaults)(Runtime(block.filename, save), **before)
     return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
 
 
@@ -418,7 +418,8 @@ def _params(body: list[ast.stmt], names: tuple[str, ...], frame_code: CodeType) 
 
 
 def _needs_compiling(body: list[ast.stmt]) -> bool:
-    """Whether the body has control flow, prints or f-strings that cannot run on proxies as written."""
+    """Whether the body has control flow, prints, f-strings or `.save()` of plain values (`list().save()`)
+    that cannot run on proxies as written."""
     for node in walk_scope(body):
         if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)):
             return True
@@ -426,4 +427,4 @@ def _needs_compiling(body: list[ast.stmt]) -> bool:
             return True
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
             return True
-    return False
+    return saves_plain(body)

@@ -10,14 +10,14 @@ from typing import Any
 import einops
 import torch
 
-__all__ = ["Node", "user_line", "location", "describe_line"]
+__all__ = ["Node", "user_line", "location", "describe_line", "LIBRARY_FILES"]
 
 # Frames from these folders are skipped when we look for the user's line.
 _LIBRARY_DIRS = tuple(
     os.path.dirname(m.__file__) + os.sep
     for m in (sys.modules["nnglass"], torch, einops)
 ) + (os.path.dirname(os.__file__) + os.sep + "contextlib.py",)
-_is_library: dict[str, bool] = {}  # filename -> whether frames there are skipped
+LIBRARY_FILES: dict[str, bool] = {}  # filename -> whether frames there are skipped (filled as met)
 
 
 def user_line(frame: FrameType) -> tuple[Any, int]:
@@ -31,9 +31,9 @@ def user_line(frame: FrameType) -> tuple[Any, int]:
     """
     while frame.f_back is not None:
         filename = frame.f_code.co_filename
-        skip = _is_library.get(filename)
+        skip = LIBRARY_FILES.get(filename)
         if skip is None:
-            skip = _is_library[filename] = filename.startswith(_LIBRARY_DIRS)
+            skip = LIBRARY_FILES[filename] = filename.startswith(_LIBRARY_DIRS)
         if not skip:
             break
         frame = frame.f_back

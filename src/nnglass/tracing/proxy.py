@@ -9,7 +9,7 @@ from .errors import TraceError
 from .node import Node
 from .walk import leaves, map_leaves
 
-__all__ = ["Proxy", "Attribute", "value_of"]
+__all__ = ["Proxy", "Attribute", "value_of", "new_proxy", "set_node", "set_experiment"]
 
 _NOT_RUN = (" Nothing has run yet: values exist once the outermost `with` block (trace or "
             "session) has ended, and only for proxies marked with .save().")
@@ -28,9 +28,9 @@ class Proxy:
     __slots__ = ("node", "experiment")
 
     def __new__(cls, node: Node, experiment: Any) -> Proxy:
-        self = object.__new__(cls)
-        _set_node(self, node)
-        _set_experiment(self, experiment)
+        self = new_proxy(cls)
+        set_node(self, node)
+        set_experiment(self, experiment)
         return self
 
     # -- the value -------------------------------------------------------------------------
@@ -123,7 +123,9 @@ class Proxy:
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         recorder = recording_in((args, kwargs))
         if recorder is not None:
-            return recorder.proxy("call_function", func, args, kwargs, sys._getframe(1))
+            if kwargs:
+                return recorder.proxy("call_function", func, args, kwargs, sys._getframe(1))
+            return recorder.call(func, args, sys._getframe(1))
         return func(*map_leaves(args, value_of), **map_leaves(kwargs or {}, value_of))
 
     # -- what cannot be traced ----------------------------------------------------------------
@@ -165,8 +167,9 @@ class Proxy:
     __hash__ = object.__hash__
 
 
-_set_node = Proxy.__dict__["node"].__set__    # slot setters: Proxy overrides __setattr__
-_set_experiment = Proxy.__dict__["experiment"].__set__
+new_proxy = object.__new__  # with the slot setters, a proxy made without a Python-level __new__
+set_node = Proxy.__dict__["node"].__set__    # slot setters: Proxy overrides __setattr__
+set_experiment = Proxy.__dict__["experiment"].__set__
 
 
 class Attribute(Proxy):
@@ -179,7 +182,7 @@ class Attribute(Proxy):
         object.__setattr__(self, "parent", parent)
         object.__setattr__(self, "attr", name)
         object.__setattr__(self, "_node", None)
-        _set_experiment(self, parent.experiment)
+        set_experiment(self, parent.experiment)
         return self
 
     @property
@@ -215,7 +218,7 @@ def _binary(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (self, other), None, sys._getframe(1))
+            return experiment.recorder.call(fn, (self, other), sys._getframe(1))
         return fn(self.value, value_of(other))
     return method
 
@@ -224,7 +227,7 @@ def _reflected(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (other, self), None, sys._getframe(1))
+            return experiment.recorder.call(fn, (other, self), sys._getframe(1))
         return fn(value_of(other), self.value)
     return method
 
@@ -233,7 +236,7 @@ def _unary(fn: Any) -> Any:
     def method(self: Proxy) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.proxy("call_function", fn, (self,), None, sys._getframe(1))
+            return experiment.recorder.call(fn, (self,), sys._getframe(1))
         return fn(self.value)
     return method
 

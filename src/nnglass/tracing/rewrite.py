@@ -10,7 +10,7 @@ import ast
 from types import CodeType
 from typing import Iterator
 
-__all__ = ["BODY", "RUNTIME", "Unsupported", "compile_body", "stored", "walk_scope"]
+__all__ = ["BODY", "RUNTIME", "Unsupported", "compile_body", "stored", "walk_scope", "saves_plain"]
 
 BODY = "__nnglass_body__"   # the compiled function's name
 RUNTIME = "__nnglass__"     # its first parameter: the Runtime
@@ -40,6 +40,37 @@ def walk_scope(nodes: list[ast.AST]) -> Iterator[ast.AST]:
 def stored(body: list[ast.stmt]) -> set[str]:
     """Variables the statements set (not counting nested functions and classes)."""
     return {node.id for node in walk_scope(body) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+
+
+_PLAIN_MAKERS = frozenset({"list", "dict", "set", "tuple", "int", "float", "str", "bool", "len"})
+_DESCRIPTIONS = frozenset({"shape", "ndim", "dtype", "device"})  # plain values while recording
+
+
+def _bare_save(node: ast.AST) -> bool:
+    """Whether node is `<expr>.save()`, with no arguments."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "save"
+            and not node.args and not node.keywords)
+
+
+def _plain(expr: ast.expr) -> bool:
+    """Whether expr gives a plain value while recording: a literal, `list()`, `len(...)`, `.shape[...]`."""
+    if isinstance(expr, (ast.List, ast.Dict, ast.Set, ast.Tuple, ast.Constant, ast.ListComp, ast.DictComp)):
+        return True
+    if isinstance(expr, ast.Call):
+        return isinstance(expr.func, ast.Name) and expr.func.id in _PLAIN_MAKERS
+    if isinstance(expr, ast.Subscript):
+        return _plain(expr.value)
+    return isinstance(expr, ast.Attribute) and expr.attr in _DESCRIPTIONS
+
+
+def saves_plain(body: list[ast.stmt]) -> bool:
+    """Whether the statements call `.save()` on a plain value (`list().save()`, or `xs.save()` after
+    `xs = []`), which only a compiled body can run."""
+    nodes = list(walk_scope(body))
+    names = {target.id for node in nodes if isinstance(node, ast.Assign) and _plain(node.value)
+             for target in node.targets if isinstance(target, ast.Name)}
+    return any(_bare_save(node) and (_plain(node.func.value) or isinstance(node.func.value, ast.Name)
+                                     and node.func.value.id in names) for node in nodes)
 
 
 def compile_body(body: list[ast.stmt], names: tuple[str, ...], filename: str, first: int) -> CodeType:
@@ -189,11 +220,14 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
     def visit_Call(self, node: ast.Call) -> ast.Call:
-        """`print(...)` -> `rt.print(print, ...)`: a log node when it prints proxies or runs conditionally."""
+        """`print(...)` -> `rt.print(print, ...)`: a log node when it prints proxies or runs conditionally;
+        `x.save()` -> `rt.save(x)`: as nnsight 0.5, any value has a `.save()` (a list, a shape)."""
         node = self.generic_visit(node)
         if isinstance(node.func, ast.Name) and node.func.id == "print":
             node.args = [node.func, *node.args]
             node.func = _attr(_name(RUNTIME), "print")
+        elif _bare_save(node):
+            return ast.copy_location(_runtime("save", node.func.value), node)
         return node
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:

@@ -47,8 +47,9 @@ class Runtime:
 
     unset = UNSET
 
-    def __init__(self, filename: str) -> None:
+    def __init__(self, filename: str, keep: Callable[[Any], Any]) -> None:
         self.filename = filename
+        self.keep = keep  # nnglass.save
         self.loops: list[Loop] = []   # open loops, innermost last
         self.branches: list[Branch] = []   # open branches on proxies, innermost last
 
@@ -99,6 +100,12 @@ class Runtime:
         if not _building(left):
             return left or right()
         return _apply(operator.or_, _apply(bool, left), _truth(right()))
+
+    def save(self, value: Any) -> Any:
+        """`value.save()`: its own save (a proxy's), else nnglass.save (a list, a shape): as nnsight 0.5,
+        where every object has a `.save()`."""
+        own = getattr(value, "save", None)
+        return own() if callable(own) else self.keep(value)
 
     def print(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """print now, or as a log node when it prints proxies, is under a proxy condition or in a session loop."""

@@ -11,9 +11,9 @@ from . import compile
 from .errors import TraceError
 from .graph import Graph
 from .local import current, stack
-from .node import Node, user_line
+from .node import LIBRARY_FILES, Node, user_line
 from .patching import install_patches, pause_gc, remove_patches, resume_gc
-from .proxy import Proxy
+from .proxy import Proxy, new_proxy, set_experiment, set_node
 from .walk import map_leaves
 
 __all__ = ["Experiment", "Tracer"]
@@ -151,8 +151,8 @@ class Tracer:
         """
         graph, experiment = self.graph, self.experiment
         deps: list[Node] = []
-        refs: list[int] = []     # positions of the arguments that are nodes
-        inside: list[Node] = []  # nodes found inside containers
+        refs: list[int] = []            # positions of the arguments that are nodes
+        inside: list[Node] | None = None  # nodes found inside containers
         unwrapped = list(args)
         for position, arg in enumerate(args):
             kind = type(arg)
@@ -163,17 +163,23 @@ class Tracer:
                 if arg not in deps:
                     deps.append(arg)
             elif kind in _CONTAINERS:
+                inside = [] if inside is None else inside
                 arg = unwrapped[position] = map_leaves(arg, lambda v: self._unwrap(v, deps, inside))
             elif isinstance(arg, Proxy):
                 arg = unwrapped[position] = self.node_of(arg, deps)
             if type(arg) is Node:
                 refs.append(position)
         if kwargs:
+            inside = [] if inside is None else inside
             kwargs = map_leaves(kwargs, lambda v: self._unwrap(v, deps, inside))
-        if guarded and self.guard is not None and self.guard not in deps:
-            deps.append(self.guard)
+        guard = self.guard
+        if guarded and guard is not None and guard not in deps:
+            deps.append(guard)
+        frame = frame or sys._getframe(1)
+        code = frame.f_code
+        where = (code, frame.f_lasti) if LIBRARY_FILES.get(code.co_filename) is False else user_line(frame)
         node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, None if inside else tuple(refs),
-                                 user_line(frame or sys._getframe(1)), self.current_invoke)
+                                 where, self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node
@@ -190,6 +196,13 @@ class Tracer:
               frame: FrameType | None = None) -> Proxy:
         """Record one operation and return its proxy."""
         return Proxy(self.create(op, target, args, kwargs, True, frame or sys._getframe(1)), self.experiment)
+
+    def call(self, target: Any, args: tuple, frame: FrameType) -> Proxy:
+        """`proxy("call_function", target, args)` from an operator of a proxy: the hot path of recording."""
+        proxy = new_proxy(Proxy)
+        set_node(proxy, self.create("call_function", target, args, None, True, frame))
+        set_experiment(proxy, self.experiment)
+        return proxy
 
     def node_of(self, proxy: Proxy, deps: list[Node]) -> Any:
         """The node behind a proxy of this experiment (a finished experiment's proxy gives its value)."""
