@@ -27,6 +27,17 @@ def test_saved_values_and_in_place_edit_match_local(tiny, x):
         assert torch.equal(a, b)
 
 
+def test_results_moved_to_the_cpu_as_nnsights_remote_docs_advise(tiny, x):
+    def run(remote):
+        with tiny.trace(x, remote=remote):
+            hidden = tiny.layer1.output.detach().cpu().save()
+            out = tiny.output.to("cpu").save()
+        return hidden.value, out.value
+
+    local, remote = both(run)
+    assert all(torch.equal(a, b) for a, b in zip(local, remote))
+
+
 def test_status_lines_are_logged_and_the_result_download_shows_progress(tiny, x, caplog, capsys):
     with caplog.at_level(logging.INFO, logger="nnglass.remote"):
         with tiny.trace(x, remote=True):

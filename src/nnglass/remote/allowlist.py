@@ -67,7 +67,7 @@ _FUNCTIONAL = _words("""
 # graph uses. Every name is harmless on every object a graph can reach (no `format`, no `register_*`).
 METHODS = _words("""
     abs absolute acos add add_ addcdiv addcmul addmm all amax amin angle any argmax argmin argsort argwhere
-    bfloat16 bool ceil chunk clamp clamp_ clamp_max clamp_min clip clone contiguous copy_ cos cosh
+    bfloat16 bool ceil chunk clamp clamp_ clamp_max clamp_min clip clone contiguous copy_ cos cosh cpu
     count_nonzero cummax cummin cumprod cumsum detach diag diag_embed diagonal diff dim div div_ divide dot
     double eq equal erf exp expand expand_as fill_ fill_diagonal_ flatten flip float floor floor_divide fmod
     gather ge gt half index_add index_add_ index_copy index_fill index_fill_ index_select int inverse
@@ -188,14 +188,19 @@ def attribute(op: str, name: Any) -> str:
 
 
 def check_node(op: str, target: Any, args: tuple, kwargs: dict) -> None:
-    """Refuse a call's keyword names off the list, `.to` with anything but dtypes, and unknown exit scopes."""
+    """Refuse a call's keyword names off the list, `.to` with anything but dtypes or the CPU, and unknown exit scopes."""
     where = f"{op} '{target!s:.60}'"
     if op in ("call_function", "call_method") and not str(target).startswith("einops."):
         _check_names(kwargs, KEYWORDS, f"keyword argument of {where}")
-    if op == "call_method" and target == "to" and not all(isinstance(a, torch.dtype) for a in args[1:]):
-        raise WireError(f"{where}: use .to(dtype) with a dtype written in the request (device moves are not allowed).")
+    if op == "call_method" and target == "to" and not all(isinstance(a, torch.dtype) or _is_cpu(a) for a in args[1:]):
+        raise WireError(f"{where}: use .to(dtype) or .to('cpu') (moves to other devices are not allowed).")
     if op == "exit" and target not in ("session", "loop"):
         raise WireError(f"exit: unknown scope {target!r:.20} (a session or a loop)")
+
+
+def _is_cpu(device: Any) -> bool:
+    """Whether a `.to` argument names the CPU (where results are sent from anyway)."""
+    return device == "cpu" or isinstance(device, torch.device) and device.type == "cpu"
 
 
 def check_model_keywords(kwargs: Any, where: str) -> None:

@@ -12,13 +12,13 @@ def test_crashing_functions_are_refused(hosted, x, target):
     refused(post(hosted, session(index, node("call_function", target, ref(0), [1.0], [2, 2]))), 400, f"'{target}'")
 
 
-@pytest.mark.parametrize("method", ["to_dense", "to_sparse", "as_strided", "resize_", "set_", "cuda", "cpu"])
+@pytest.mark.parametrize("method", ["to_dense", "to_sparse", "as_strided", "resize_", "set_", "cuda"])
 def test_crashing_and_device_methods_are_refused(hosted, x, method):
     refused(post(hosted, attack(x, node("call_method", method, ref(0), [2, 2], [10**9, 1]))), 400, f"'{method}'")
 
 
 def test_device_moves_through_to_are_refused(hosted, x):
-    refused(post(hosted, attack(x, node("call_method", "to", ref(0), "cuda"))), 400, "device moves are not allowed")
+    refused(post(hosted, attack(x, node("call_method", "to", ref(0), "cuda"))), 400, "moves to other devices are not allowed")
     refused(post(hosted, attack(x, node("call_method", "to", ref(0), device="meta"))), 400, "'device'")
 
 
