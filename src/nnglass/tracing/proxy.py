@@ -15,10 +15,11 @@ _NOT_RUN = (" Nothing has run yet: values exist once the outermost `with` block 
             "session) has ended, and only for proxies marked with .save().")
 _NO_BOOL = ("A proxy has no truth value while the trace is being built: its value exists only "
             "when the model runs. Use `with tracer.cond(proxy):` for a condition.")
-_NO_ITER = ("A proxy cannot be iterated while the trace is being built: its value exists only "
-            "when the model runs. Use `with session.iter(proxy) as item:` to loop over it.")
-_NO_LEN = ("A proxy has no len() while the trace is being built. Use `proxy.shape[0]` "
-           "(known while tracing) or loop with `with session.iter(proxy) as item:`.")
+_NO_ITER = ("This proxy cannot be iterated or unpacked while recording: its length is unknown here (only a "
+            "trace's values have one, from the fake pass). Index it (`proxy[0]`), or loop over it with "
+            "`with session.iter(proxy) as item:` in a session.")
+_NO_LEN = ("This proxy has no len() while recording: its length is unknown here (only a trace's values have "
+           "one, from the fake pass). Use `proxy.shape[0]`, or loop with `with session.iter(proxy) as item:`.")
 _MISSING = object()
 
 
@@ -135,14 +136,21 @@ class Proxy:
         return bool(self.value)
 
     def __iter__(self) -> Any:
-        if self.experiment.building:
-            raise TraceError(_NO_ITER)
+        if self.experiment.building:  # `a, b = proxy`: one item proxy per element of the fake value
+            return iter([self[i] for i in range(self._length(_NO_ITER))])
         return iter(self.value)
 
     def __len__(self) -> int:
         if self.experiment.building:
-            raise TraceError(_NO_LEN)
+            return self._length(_NO_LEN)
         return len(self.value)
+
+    def _length(self, advice: str) -> int:
+        """The value's length while recording, from its fake value (a tuple's, a tensor's first dimension)."""
+        try:
+            return self._described("__len__")()
+        except (TraceError, TypeError):
+            raise TraceError(advice) from None
 
     # -- backward as a context ------------------------------------------------------------------
     def __enter__(self) -> Proxy:
