@@ -53,6 +53,18 @@ def test_save_of_a_list_named_earlier_in_a_straight_block(model, hf, tok):
     torch.testing.assert_close(last[0], eager(hf, tok)[1][LAYERS - 1])
 
 
+def test_a_list_from_outside_filled_inside_holds_real_values(model, hf, tok):
+    acts = []  # nnsight's docs: no .save() needed, the list itself lives outside the trace
+    with model.trace() as tracer:
+        for _ in range(2):
+            with tracer.invoke(PROMPT):
+                acts.append(model.model.layers[0].output[:, -1, :])
+    expected = eager(hf, tok)[1][0][:, -1, :]
+    assert len(acts) == 2 and all(isinstance(a, torch.Tensor) for a in acts)
+    for got in acts:
+        torch.testing.assert_close(got, expected)
+
+
 def test_saving_gives_real_tensors(model, hf, tok):
     with model.trace(PROMPT):
         hidden_states = model.model.layers[-1].output.save()

@@ -105,12 +105,13 @@ def exit(context: Any, kind: Any, error: Any, tb: Any, close: Callable[[Any, Any
         if isinstance(error, frames.SkipBody):
             _run_compiled(opened, close)
             return True
-        _mark_saved(opened.pending)
+        namespace = _referred(opened) if kind is None else {}
+        _mark_saved(opened.pending + _containers(namespace))
         if isinstance(error, TraceError) and opened.block is not None and opened.block.reason is not None:
             error.add_note(f"nnglass ran this with-block as written, without compiling it: {opened.block.reason}")
         close(kind, error, tb)
         if kind is None and opened.block is not None:
-            _rebind_frame(opened)
+            _rebind_frame(opened, namespace)
         return False
     finally:
         stack.pop()
@@ -143,7 +144,7 @@ def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> Non
     try:
         before, values = _call_body(opened)
         opened.values = values
-        _mark_saved(opened.pending)
+        _mark_saved(opened.pending + _containers(_referred(opened)))  # the frame's: from outside the block
     except BaseException as exc:
         close(type(exc), exc, exc.__traceback__)
         raise _without_skip(exc)
@@ -288,15 +289,23 @@ def _each_proxy(value: Any, fn: Callable[[Proxy], Any], depth: int = 0) -> None:
             _each_proxy(item, fn, depth + 1)
 
 
-def _rebind_frame(opened: _Opened) -> None:
+def _referred(opened: _Opened) -> dict[str, Any]:
+    """The frame's variables that the block refers to (none for `pass`: the frame is not read)."""
+    if opened.block is None or not opened.block.names:
+        return {}
+    namespace = frames.read(opened.frame)
+    return {name: namespace[name] for name in opened.block.names if name in namespace}
+
+
+def _containers(variables: dict[str, Any]) -> list[Any]:
+    """The lists, dicts, sets and tuples among variables: proxies put into them (`acts.append(...)` on a
+    list from outside the block) are kept, as nnsight 0.5 fills such a list with real values."""
+    return [value for value in variables.values() if type(value) in (list, dict, set, tuple)]
+
+
+def _rebind_frame(opened: _Opened, namespace: dict[str, Any]) -> None:
     """After a block that ran as written: its saved proxies in the frame become real values."""
-    changed = {}
-    if opened.block.names:  # `pass` refers to none: no need to read the frame
-        namespace = frames.read(opened.frame)
-        for name in opened.block.names:
-            value = namespace.get(name, UNSET)
-            if value is not UNSET and (new := _real(value)) is not value:
-                changed[name] = new
+    changed = {name: new for name, value in namespace.items() if (new := _real(value)) is not value}
     frames.write(opened.frame, changed)
     for value in opened.pending:
         _real(value)
