@@ -515,6 +515,13 @@ def test_a_variable_set_in_both_branches_of_a_proxy_if(tiny, net, x):
             else:
                 out = tiny.output * 2
             out.save()
+    with pytest.raises(TraceError, match="`out` is set in both branches"):
+        with tiny.trace(x):
+            if tiny.output.sum() > 0:
+                out = tiny.output * 1
+            else:
+                out = tiny.output * 2
+            nnglass.save(out)
 
 
 def test_a_variable_set_in_both_branches_of_a_plain_if(tiny, net, x):

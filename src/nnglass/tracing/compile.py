@@ -52,7 +52,7 @@ from . import frames
 from .errors import TraceError
 from .proxy import Proxy
 from .rewrite import BODY, Unsupported, compile_body, saves_plain, stored, walk_scope
-from .runtime import UNSET, Runtime
+from .runtime import UNSET, Runtime, Unmerged
 
 __all__ = ["enter", "exit", "save", "variables"]
 
@@ -121,6 +121,8 @@ def save(value: Any) -> Any:
     """`nnglass.save(obj)`: a proxy is saved now; every proxy inside a container when its block ends."""
     if isinstance(value, Proxy):
         return value.save()
+    if isinstance(value, Unmerged):  # set in both branches of an `if` on a proxy: it has no one value
+        value.fail()
     stack = _opened()
     if stack:
         stack[-1].pending.append(value)

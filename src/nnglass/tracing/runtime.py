@@ -11,7 +11,7 @@ from .local import current
 from .errors import TraceError
 from .proxy import Proxy
 
-__all__ = ["Runtime", "Branch", "Loop", "UNSET"]
+__all__ = ["Runtime", "Branch", "Loop", "UNSET", "Unmerged"]
 
 UNSET = object()   # a parameter of a compiled body whose variable did not exist
 
@@ -147,7 +147,7 @@ def _convert(value: Any, conversion: int) -> Any:
     return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
 
 
-class _Unmerged:
+class Unmerged:
     """What a variable set in both branches of an `if` on a proxy holds afterwards: any use raises."""
 
     __slots__ = ("message",)
@@ -163,7 +163,7 @@ class _Unmerged:
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        next(a for a in (*args, *(kwargs or {}).values()) if isinstance(a, _Unmerged)).fail()
+        next(a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Unmerged)).fail()
 
     def __repr__(self) -> str:
         return f"<unusable: {self.message}>"
@@ -173,7 +173,7 @@ for _name_ in ("setattr", "getitem", "setitem", "call", "bool", "iter", "len", "
         f"{r}{op}" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
                               "xor", "lshift", "rshift") for r in ("", "r", "i")),
         "lt", "le", "eq", "ne", "gt", "ge", "neg", "pos", "abs", "invert", "index", "int", "float"):
-    setattr(_Unmerged, f"__{_name_}__", _Unmerged.fail)
+    setattr(Unmerged, f"__{_name_}__", Unmerged.fail)
 del _name_
 
 
@@ -221,7 +221,7 @@ class Branch:
 
     def merged(self, name: str, value: Any) -> Any:
         """A variable set in both branches: its value after a plain `if`; unusable after one on a proxy."""
-        return _Unmerged(f"{self.where}`{name}` is set in both branches of this `if` on a proxy, and the graph "
+        return Unmerged(f"{self.where}`{name}` is set in both branches of this `if` on a proxy, and the graph "
                          f"keeps no merged value: use it inside each branch, or set it once with "
                          f"`torch.where(<condition>, a, b)`.") if self.on_proxy else value
 
