@@ -177,3 +177,15 @@ def test_generate_with_a_conditional_edit_on_the_first_step(model, hf, tok):
             if handle is not None:
                 handle.remove()
         assert torch.equal(output, expected)
+
+
+def test_modules_lists_envoys_with_nnsight_paths(model, hf, tok):
+    paths = [m.path for m in model.modules()]
+    expected = [f"model.{n}" if n else "model" for n, _ in hf.named_modules()] + ["model.generator"]  # generate's
+    assert sorted(paths) == sorted(expected)
+    assert paths[-1] == "model"  # children first, the root last
+    linears = model.modules(include_fn=lambda m: isinstance(m._module, torch.nn.Linear))
+    assert [p for p, _ in model.named_modules(lambda m: m in linears)] == [m.path for m in linears]
+    with model.trace(PROMPT):
+        head = linears[-1].output.save()
+    torch.testing.assert_close(head, eager(hf, tok)[0])

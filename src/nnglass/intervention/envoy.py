@@ -1,7 +1,7 @@
 """Envoy: mirrors one module of the model; its .input/.output are proxies inside a trace."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -118,6 +118,23 @@ class Envoy:
         for child in self._children.values():
             found.extend(child._envoys())
         return found
+
+    @property
+    def path(self) -> str:
+        """The module's path as nnsight names it: `model`, `model.transformer.h.0`."""
+        return f"model.{self._path}" if self._path else "model"
+
+    def modules(self, include_fn: Callable[[Envoy], bool] | None = None, names: bool = False) -> list:
+        """The envoys of this module and every one below it, children first (as nnsight lists them);
+        with names, (path, envoy) pairs."""
+        found = [m for child in self._children.values() for m in child.modules(include_fn, names)]
+        if include_fn is None or include_fn(self):
+            found.append((self.path, self) if names else self)
+        return found
+
+    def named_modules(self, include_fn: Callable[[Envoy], bool] | None = None) -> list[tuple[str, Envoy]]:
+        """(path, envoy) for this module and every one below it."""
+        return self.modules(include_fn, names=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tracer = current()
