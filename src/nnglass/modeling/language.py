@@ -183,7 +183,8 @@ class LanguageModel(NNsight):
         if method == "generate" and not self.dispatched:
             beams, sequences = self._copies(call_kwargs or {})
             copies = beams if beams > 1 else sequences  # rows of generate's first forward
-            kwargs = {k: v.repeat_interleave(copies, 0) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            kwargs = {k: v.repeat_interleave(copies, 0) if isinstance(v, torch.Tensor) else v
+                      for k, v in kwargs.items()}
             method, call_kwargs = "forward", {"logits_to_keep": 1} if self._keeps_logits else {}
         return super()._scan_records(args, kwargs, needed, method, call_kwargs)
 

@@ -188,7 +188,7 @@ def attribute(op: str, name: Any) -> str:
 
 
 def check_node(op: str, target: Any, args: tuple, kwargs: dict) -> None:
-    """Refuse a call's keyword names off the list, `.to` with anything but dtypes or the CPU, and unknown exit scopes."""
+    """Refuse a call's keyword names off the list, `.to` with anything but dtypes or the CPU, unknown exit scopes."""
     where = f"{op} '{target!s:.60}'"
     if op in ("call_function", "call_method") and not str(target).startswith("einops."):
         _check_names(kwargs, KEYWORDS, f"keyword argument of {where}")
