@@ -70,7 +70,7 @@ def tiny_llama(tokenizer, layers: int):
 
 
 def tiny_gpt2(tokenizer, layers: int):
-    """A GPT-2 with random weights (no `model` child: nnsight's root prefix is unambiguous), on the tokenizer's vocabulary."""
+    """A GPT-2 with random weights (it has no `model` child), sharing the tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
     torch.manual_seed(0)

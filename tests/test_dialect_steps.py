@@ -290,9 +290,10 @@ def gpt2_outputs(gpt2, tok, *paths):
 def test_cache_modules_by_path_with_nnsights_root_prefix(gpt2, tok, remote):
     model = LanguageModel(gpt2, tokenizer=tok)
     with model.trace(PROMPT, remote=remote) as tracer:
-        cache = tracer.cache(modules=[model.transformer.h[0].mlp, "model.lm_head", "model.transformer.h.1.attn.c_proj",
-                                      "transformer.ln_f"])
-    expected = gpt2_outputs(gpt2, tok, "transformer.h.0.mlp", "lm_head", "transformer.h.1.attn.c_proj", "transformer.ln_f")
+        cache = tracer.cache(modules=[model.transformer.h[0].mlp, "model.lm_head",
+                                      "model.transformer.h.1.attn.c_proj", "transformer.ln_f"])
+    expected = gpt2_outputs(gpt2, tok, "transformer.h.0.mlp", "lm_head", "transformer.h.1.attn.c_proj",
+                            "transformer.ln_f")
     assert set(cache.keys()) == set(expected)
     for path, out in expected.items():
         torch.testing.assert_close(cache["model." + path].output, out)
