@@ -67,3 +67,13 @@ def tiny_llama(tokenizer, layers: int):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_gpt2(tokenizer, layers: int):
+    """A GPT-2 with random weights (it has no `model` child), sharing the tokenizer's vocabulary."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return AutoModelForCausalLM.from_config(config).eval()

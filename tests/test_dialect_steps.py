@@ -4,7 +4,7 @@ import torch
 
 import nnglass as nnsight
 from nnglass import LanguageModel
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_gpt2, tiny_llama
 
 PROMPT = "The Eiffel Tower is in the city of"
 LAYERS = 2
@@ -240,14 +240,84 @@ def test_cache_attributes_from_nnsights_root_name_of_a_model_without_a_model_chi
 
 
 @pytest.mark.parametrize("remote", [False, "local"])
-def test_cache_in_generate_holds_one_entry_per_step(model, hf, tok, remote):
+def test_cache_in_generate_holds_a_list_of_entries_one_per_step(model, hf, tok, remote):
     with model.generate(PROMPT, max_new_tokens=STEPS, remote=remote) as tracer:
         cache = tracer.cache(modules=[model.model.layers[-1]])
     _, seen = generate(hf, tok)
-    steps = cache["model.layers.1"].output
-    assert len(steps) == STEPS
-    for got, expected in zip(steps, seen):
-        torch.testing.assert_close(got, expected)
+    entries = cache["model.layers.1"]
+    assert isinstance(entries, list) and len(entries) == STEPS
+    for entry, expected in zip(entries, seen):
+        torch.testing.assert_close(entry.output, expected)
+    with pytest.raises(AttributeError, match=r"ran 3 times.*cache\['model.layers.1'\]\[0\].output"):
+        cache.model.layers[1].output
+
+
+def test_each_steps_entry_holds_that_steps_inputs_and_output(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        cache = tracer.cache(modules=[model.model.layers[0], model.model.layers[1]], include_inputs=True)
+    for before, after in zip(cache["model.layers.0"], cache["model.layers.1"], strict=True):
+        torch.testing.assert_close(after.input, before.output)  # layer 1 takes what layer 0 gave at the same step
+    assert [entry.input.shape[1] for entry in cache["model.layers.1"]][1:] == [1] * (STEPS - 1)
+
+
+def test_cache_of_a_module_that_ran_once_in_generate_is_one_entry(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=1) as tracer:
+        cache = tracer.cache(modules=[model.model.layers[-1]])
+    _, seen = generate(hf, tok, steps=1)
+    torch.testing.assert_close(cache["model.layers.1"].output, seen[0])
+    torch.testing.assert_close(cache.model.layers[1].output, seen[0])
+
+
+@pytest.fixture(scope="module")
+def gpt2(tok):
+    return tiny_gpt2(tok, LAYERS)
+
+
+def gpt2_outputs(gpt2, tok, *paths):
+    """Each module's output on PROMPT, by hand-written forward hooks."""
+    seen = {}
+    hooks = [gpt2.get_submodule(path).register_forward_hook(lambda m, a, out, path=path: seen.update({path: out}))
+             for path in paths]
+    try:
+        gpt2(**tok(PROMPT, return_tensors="pt"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_cache_modules_by_path_with_nnsights_root_prefix(gpt2, tok, remote):
+    model = LanguageModel(gpt2, tokenizer=tok)
+    with model.trace(PROMPT, remote=remote) as tracer:
+        cache = tracer.cache(modules=[model.transformer.h[0].mlp, "model.lm_head",
+                                      "model.transformer.h.1.attn.c_proj", "transformer.ln_f"])
+    expected = gpt2_outputs(gpt2, tok, "transformer.h.0.mlp", "lm_head", "transformer.h.1.attn.c_proj",
+                            "transformer.ln_f")
+    assert set(cache.keys()) == set(expected)
+    for path, out in expected.items():
+        torch.testing.assert_close(cache["model." + path].output, out)
+
+
+def test_cache_modules_by_path_of_a_model_with_a_model_child(model, hf, tok):
+    with model.trace(PROMPT) as tracer:
+        cache = tracer.cache(modules=["model.layers.0", "model.model.layers.1"])
+    assert set(cache.keys()) == {"model.layers.0", "model.layers.1"}
+    with pytest.raises(AttributeError, match="'model' has no submodule 'model'"):
+        with model.trace(PROMPT) as tracer:
+            tracer.cache(modules=["model.model.model.layers.0"])
+
+
+def test_cache_lookups_with_an_alias_named_model(gpt2, tok):
+    model = LanguageModel(gpt2, tokenizer=tok, rename={".transformer": ["model", "mdl"]})
+    with model.trace(PROMPT) as tracer:
+        cache = tracer.cache(modules=["model.model.h.0", "mdl.h.1"])
+    expected = gpt2_outputs(gpt2, tok, "transformer.h.0", "transformer.h.1")
+    assert set(cache.keys()) == set(expected)
+    for key in ("transformer.h.0", "model.transformer.h.0", "model.h.0", "model.model.h.0", "mdl.h.0"):
+        torch.testing.assert_close(cache[key].output, expected["transformer.h.0"])
+    torch.testing.assert_close(cache.model.model.h[1].output, expected["transformer.h.1"])
+    torch.testing.assert_close(cache.model.transformer.h[1].output, expected["transformer.h.1"])
 
 
 # -- inputs ---------------------------------------------------------------------------------------------

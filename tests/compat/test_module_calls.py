@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nnglass import LanguageModel
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_gpt2, tiny_llama
 
 
 def test_an_ad_hoc_call_with_hook_true_is_one_of_the_modules_calls(tiny, net, x):
@@ -80,3 +80,60 @@ def test_all_as_a_context_manager_around_invokes_of_a_generate(llama):
     finally:
         handle.remove()
     assert torch.equal(ids[:, -expected.shape[1]:], expected)
+
+
+class SAE(torch.nn.Module):
+    """A stand-in sparse autoencoder, as nnsight's docs write it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.encoder = torch.nn.Linear(width, 4 * width)
+        self.decoder = torch.nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.relu(self.encoder(x)))
+
+
+def test_a_module_attached_after_wrapping_called_with_hook_true(tiny, net, x):
+    sae = SAE(10).requires_grad_(False)
+    tiny.layer1._module.add_module("sae", sae)
+    with tiny.trace(x):
+        tiny.layer1.output = tiny.layer1.sae(tiny.layer1.output, hook=True)
+        acts = tiny.layer1.sae.encoder.output.save()
+        out = tiny.output.save()
+    hidden = net.layer1(x)
+    torch.testing.assert_close(acts, sae.encoder(hidden))
+    torch.testing.assert_close(out, net.layer2(sae(hidden)))
+
+
+def test_without_hook_an_attached_module_just_runs(tiny, net, x):
+    sae = SAE(10).requires_grad_(False)
+    tiny.layer1._module.add_module("sae", sae)
+    with tiny.trace(x):
+        recon = tiny.layer1.sae(tiny.layer1.output).save()
+    torch.testing.assert_close(recon, sae(net.layer1(x)))
+    torch.testing.assert_close(tiny.layer1.sae(net.layer1(x), hook=True), sae(net.layer1(x)))  # outside a trace
+
+
+def test_an_attached_sae_read_from_another_invoke(smol_tokenizer):
+    gpt2 = tiny_gpt2(smol_tokenizer, 2)
+    model = LanguageModel(gpt2, tokenizer=smol_tokenizer)
+    sae = SAE(32).eval()
+    model.transformer.h[1].mlp._module.add_module("sae", sae)
+    with model.trace() as tracer:
+        with tracer.invoke("The Eiffel Tower is in"):
+            mlp = model.transformer.h[1].mlp
+            mlp.output = mlp.sae(mlp.output, hook=True)
+        with tracer.invoke():
+            features = model.transformer.h[1].mlp.sae.encoder.output.save()
+            logits = model.lm_head.output.save()
+    seen = []
+    handle = gpt2.transformer.h[1].mlp.register_forward_hook(
+        lambda m, a, out: seen.append(sae.encoder(out)) or sae(out))
+    try:
+        expected = gpt2(**smol_tokenizer("The Eiffel Tower is in", return_tensors="pt")).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(features, seen[0])

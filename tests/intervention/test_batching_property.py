@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from nnglass import LanguageModel, NNsight
 
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_gpt2, tiny_llama
 
 Named = collections.namedtuple("Named", ["hidden", "logits"])
 
@@ -141,14 +141,8 @@ def test_structured_outputs(kind, invokes, stop):
 
 @pytest.fixture(scope="module")
 def lms(smol_tokenizer):
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    torch.manual_seed(0)
-    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(
-        vocab_size=len(smol_tokenizer), n_embd=32, n_layer=3, n_head=4, n_positions=64,
-        bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id)).eval()
     return {"llama": LanguageModel(tiny_llama(smol_tokenizer, 3), tokenizer=smol_tokenizer),
-            "gpt2": LanguageModel(gpt2, tokenizer=smol_tokenizer)}
+            "gpt2": LanguageModel(tiny_gpt2(smol_tokenizer, 3), tokenizer=smol_tokenizer)}
 
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "slept"]

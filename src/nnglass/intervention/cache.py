@@ -7,7 +7,7 @@ import torch
 
 from ..tracing.walk import map_leaves
 
-__all__ = ["Cache", "Entry", "put", "aliases_of"]
+__all__ = ["Cache", "Entry", "put", "aliases_of", "resolve", "entries_of", "from_entries"]
 
 
 class Entry:
@@ -15,9 +15,8 @@ class Entry:
 
     __slots__ = ("output", "inputs")
 
-    def __init__(self) -> None:
-        self.output: Any = None
-        self.inputs: Any = None
+    def __init__(self, output: Any = None, inputs: Any = None) -> None:
+        self.output, self.inputs = output, inputs
 
     @property
     def input(self) -> Any:
@@ -33,22 +32,21 @@ class Cache(dict):
     """Entries by module path (`cache["model.layers.0"]`), also by attribute (`cache.model.layers[0]`).
 
     Lookups also take renamed aliases (`cache["layers.0"]`) and nnsight 0.5's root name (`"model.model.layers.0"`).
-    Values are stored detached, as `dtype`, on `device` (None: as they are); `stepped`: a list per module,
-    one value per call (generation steps).
+    A module that ran once has an Entry; one that ran more often (generation steps) a list, one Entry per call.
+    Values are stored detached, as `dtype`, on `device` (None: as they are).
     """
 
     def __init__(self, paths: tuple[str, ...] = (), aliases: tuple[tuple[str, str], ...] = (),
-                 device: str | None = None, dtype: torch.dtype | None = None, detach: bool = True,
-                 stepped: bool = False) -> None:
+                 device: str | None = None, dtype: torch.dtype | None = None, detach: bool = True) -> None:
         super().__init__()
         self.paths = frozenset(paths)  # every module path of the model, to tell typos from modules not cached
-        self.aliases = sorted(aliases, key=lambda pair: -len(pair[0]))  # longest alias first
-        self.device, self.dtype, self.detach, self.stepped = device, dtype, detach, stepped
+        self.aliases = tuple(aliases)
+        self.device, self.dtype, self.detach = device, dtype, detach
 
     def __getattr__(self, name: str) -> Any:
         return _Path(self, name)
 
-    def __getitem__(self, path: str) -> Entry:
+    def __getitem__(self, path: str) -> Entry | list[Entry]:
         return super().__getitem__(self.resolve(path))
 
     def __contains__(self, path: object) -> bool:
@@ -59,15 +57,7 @@ class Cache(dict):
 
     def resolve(self, path: str) -> str:
         """The original module path of a path that may use aliases or start with nnsight's root `model`."""
-        known = self.paths or set(self)
-        if path in known:
-            return path
-        for alias, original in self.aliases:
-            if path == alias or path.startswith(alias + "."):
-                return self.resolve(original + path[len(alias):])
-        if path == "model" or path.startswith("model."):
-            return self.resolve(path[6:])
-        return path
+        return resolve(path, self.paths or set(self), self.aliases)
 
     def stored(self, value: Any) -> Any:
         """value as the cache keeps it (detached, converted, moved)."""
@@ -84,11 +74,11 @@ class Cache(dict):
 
 
 class _Path:
-    """A partial module path into a cache: `cache.model.layers[0].output`."""
+    """A partial module path into a cache: `cache.model.layers[0].output` (resolved as a whole, as it is spelled)."""
 
-    def __init__(self, cache: Cache, path: str) -> None:
-        self._cache = cache
-        self._path = path = cache.resolve(path)
+    def __init__(self, cache: Cache, spelled: str) -> None:
+        self._cache, self._spelled = cache, spelled
+        self._path = path = cache.resolve(spelled)
         known = cache.paths or set(cache)
         if not any(p == path or p.startswith(path + ".") for p in known):
             raise AttributeError(f"The model has no module '{path}'; cached modules: {sorted(cache)[:8]}"
@@ -97,30 +87,66 @@ class _Path:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        entry = self._cache.get(self._path)
         if name in ("output", "inputs", "input"):
-            if entry is None:
-                raise KeyError(f"Module '{self._path}' was not cached (or did not run).")
-            return getattr(entry, name)
+            return getattr(self._entry(), name)
         return self._child(name)
+
+    def _entry(self) -> Entry:
+        """The one Entry of this path's module (as nnsight, a module that ran more often has a list: index it)."""
+        entry = self._cache.get(self._path)
+        if entry is None:
+            raise KeyError(f"Module '{self._path}' was not cached (or did not run).")
+        if isinstance(entry, list):
+            raise AttributeError(f"Module '{self._path}' ran {len(entry)} times, so its cache entry is a list "
+                                 f"of Entries: index it first, e.g. cache['{self._path}'][0].output.")
+        return entry
 
     def __getitem__(self, index: int) -> _Path:
         return self._child(str(index))
 
     def _child(self, name: str) -> _Path:
-        """The path one step below this one (below the root, `model`: the name itself)."""
-        return _Path(self._cache, f"{self._path}.{name}" if self._path else name)
+        """The path one step below this one."""
+        return _Path(self._cache, f"{self._spelled}.{name}")
 
 
 def put(cache: Cache, path: str, kind: str, value: Any) -> None:
-    """Store one module's output or inputs (a graph node runs this as the module fires)."""
-    entry = cache.get(path)
-    if entry is None:
-        entry = cache[path] = Entry()
-    value = cache.stored(value)
-    if cache.stepped:
-        value = [*(getattr(entry, kind) or []), value]
-    setattr(entry, kind, value)
+    """Store one module's output or inputs as it fires (a graph node runs this); its second call makes a list."""
+    entries = entries_of(cache.get(path))
+    if not entries or getattr(entries[-1], kind) is not None:
+        entries.append(Entry())
+    setattr(entries[-1], kind, cache.stored(value))
+    cache[path] = from_entries(entries)
+
+
+def entries_of(entry: Entry | list[Entry] | None) -> list[Entry]:
+    """A cache value as a list of Entries, one per call of its module."""
+    return [] if entry is None else entry if isinstance(entry, list) else [entry]
+
+
+def from_entries(entries: list[Entry]) -> Entry | list[Entry]:
+    """What the cache holds for a module's calls: one Entry, else the list of them (nnsight's shape)."""
+    return entries[0] if len(entries) == 1 else entries
+
+
+def resolve(path: str, known: Any, aliases: Any) -> str:
+    """The original module path that path names: itself, by alias, or after nnsight's root `model.`; else path."""
+    longest_first = sorted(aliases, key=lambda pair: -len(pair[0]))
+    return next((reading for reading in _readings(path, longest_first) if reading in known), path)
+
+
+def _readings(path: str, aliases: Any) -> Any:
+    """path, then path with its aliases expanded, then the same without a leading root `model`."""
+    yield from _expanded(path, aliases)
+    if path == "model" or path.startswith("model."):
+        yield from _expanded(path[6:], aliases)
+
+
+def _expanded(path: str, aliases: Any) -> Any:
+    """path, then what it names through each alias it starts with (in the order given, recursively)."""
+    yield path
+    for alias, original in aliases:
+        if path == alias or path.startswith(alias + "."):
+            yield from _expanded(original + path[len(alias):], aliases)
 
 
 def aliases_of(root: Any) -> tuple[tuple[str, str], ...]:

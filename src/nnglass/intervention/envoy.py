@@ -55,10 +55,19 @@ class Envoy:
         if name in state["_aliases"]:
             return self.get(state["_aliases"][name])
         module = state["_module"]
+        if name in module._modules:
+            return self._adopt(name)
         tracer = current()
         if tracer is not None and hasattr(tracer, "parameter") and _is_tensor_of(module, name):
             return tracer.parameter(self._path, name)
         return getattr(module, name)
+
+    def _adopt(self, name: str) -> Envoy:
+        """The envoy of a child module attached after the model was wrapped (`envoy._module.add_module(...)`)."""
+        path = f"{self._path}.{name}" if self._path else name
+        child = self._children[name] = Envoy(self._module._modules[name], path)
+        self._ordered.append(child)
+        return child
 
     def __setattr__(self, name: str, value: Any) -> None:
         module = self.__dict__.get("_module")
@@ -136,11 +145,12 @@ class Envoy:
         """(path, envoy) for this module and every one below it."""
         return self.modules(include_fn, names=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, hook: bool = False, **kwargs: Any) -> Any:
+        """Run the module; in a trace, with `hook=True` the call is one of its calls (its `.output` is this call's)."""
         tracer = current()
         if tracer is None:
             return self._module(*args, **kwargs)
-        return tracer.proxy("call_module", self._path, args, kwargs)
+        return tracer.proxy("call_module", self._path, args, {**kwargs, "hook": hook} if hook else kwargs)
 
     # -- values in a trace --------------------------------------------------------------------------
     @property

@@ -167,6 +167,8 @@ class Interleaver(Interpreter):
                 self.events.setdefault((node.target, op), []).append(node)
                 if node.args[0] == ALL_CALLS:
                     self.pin(node)
+            elif op == "call_module":
+                source.ensure(self.modules, node.target)
             elif op == "invoke":
                 self.keep.add(node)
                 self.invokes.append(node)

@@ -300,13 +300,19 @@ def _source(module: torch.nn.Module, path: str) -> Source:
 
 # -- paths: registration on a model and activation during a run -------------------------------------
 def ensure(modules: dict[str, torch.nn.Module], path: Any) -> None:
-    """Make the point at a `....source.<name>` path (and those above it) in modules, if it names one."""
+    """Put the module at path (and those above it) in modules, if it names one.
+
+    That is a point at a `....source.<name>` path, or a module attached after the model was wrapped
+    (`model.layers[0]._module.add_module("sae", sae)`).
+    """
     if not isinstance(path, str) or path in modules or path.count("source.") > _DEPTH:
         return
     head, found, name = path.rpartition(".source.")
     if not found and path.startswith("source."):
         head, name = "", path[len("source."):]
-    elif not found or "." in name:
+    elif not found:
+        return _ensure_attached(modules, path)
+    elif "." in name:
         return
     ensure(modules, head)
     if head not in modules:
@@ -315,6 +321,15 @@ def ensure(modules: dict[str, torch.nn.Module], path: Any) -> None:
         modules[path] = _source(modules[head], head).point(name)
     except (AttributeError, TraceError):
         return  # not a point: the caller reports the unknown path
+
+
+def _ensure_attached(modules: dict[str, torch.nn.Module], path: str) -> None:
+    """Put a child module that is not yet in modules (one attached after wrapping) there, by its parent."""
+    head, _, name = path.rpartition(".")
+    ensure(modules, head)
+    child = modules[head]._modules.get(name) if head in modules else None
+    if child is not None:
+        modules[path] = child
 
 
 class ForwardSwap:

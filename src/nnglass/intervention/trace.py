@@ -14,7 +14,7 @@ from ..tracing.proxy import Proxy
 from ..tracing.tracer import Tracer
 from ..tracing.walk import leaves, map_leaves
 from .backend import Backend, LocalBackend
-from .cache import Cache, aliases_of, put
+from .cache import Cache, aliases_of, put, resolve
 from .fake import Fake
 from .interleaver import ALL_CALLS
 
@@ -284,19 +284,25 @@ class Trace(Tracer):
               detach: bool = True) -> Proxy:
         """A dict of module outputs (and inputs), keyed by original module path, filled as they run (saved).
 
-        Values are detached, as `dtype`, on `device`; in `generate` each entry holds a list, one value per step.
+        Values are detached, as `dtype`, on `device`; in `generate` a module's entry is a list, one Entry per step.
+        Modules are envoys or paths (also by alias, or with nnsight's root `model.`).
         """
         envoys = self.model._envoys() if modules is None else modules
-        paths = [self.model.get(e)._path if isinstance(e, str) else e._path for e in envoys]
-        stepped = self.method == "generate"
+        paths = [self.module_path(e) for e in envoys]
         store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path), aliases_of(self.model),
-                                                    None if device is None else str(device), dtype, detach, stepped))
+                                                    None if device is None else str(device), dtype, detach))
         kinds = ("output",) * include_output + ("inputs",) * include_inputs
-        with self.at_step(ALL_CALLS) if stepped else contextlib.nullcontext():
+        with self.at_step(ALL_CALLS) if self.method == "generate" else contextlib.nullcontext():
             for path in paths:
                 for kind in kinds:
                     self.create("call_function", put, (store, path, kind, self.event(path, kind)))
         return store.save()
+
+    def module_path(self, module: Any) -> str:
+        """An envoy's path; of a path string (which may use aliases or nnsight's root `model.`): the original."""
+        if not isinstance(module, str):
+            return module._path
+        return self.model.get(resolve(module, self.model._modules_by_path, aliases_of(self.model)))._path
 
     @property
     def result(self) -> Proxy:

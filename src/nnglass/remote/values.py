@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 
-from ..intervention.cache import Cache, Entry
+from ..intervention.cache import Cache, Entry, entries_of, from_entries
 from ..tracing.node import Node
 from .allowlist import WireError
 
@@ -67,7 +67,7 @@ class Encoder:
             fields = {k: v for k, v in value.items() if not _is_cache(v)}  # a KV cache stays on the server
             return {"$output": [type(value).__module__, type(value).__name__], "fields": self(fields)}
         if isinstance(value, Cache):
-            entries = {path: (entry.output, entry.inputs) for path, entry in value.items()}
+            entries = {path: [(e.output, e.inputs) for e in entries_of(entry)] for path, entry in value.items()}
             return {"$cache": self(entries), "paths": self(tuple(value.paths)), "aliases": self(tuple(value.aliases))}
         if isinstance(value, DataLoader):
             return {"$dataloader": {"dataset": self(list(value.dataset)), "batch_size": value.batch_size}}
@@ -156,9 +156,8 @@ class Decoder:
     def _cache(self, entries: Any, data: dict) -> Cache:
         """A `tracer.cache()` dict: entries by module path, with the model's paths and aliases for lookups."""
         cache = Cache(self(data["paths"]), self(data["aliases"]))
-        for path, (output, inputs) in self(entries).items():
-            entry = cache[path] = Entry()
-            entry.output, entry.inputs = output, inputs
+        for path, calls in self(entries).items():
+            cache[path] = from_entries([Entry(output, inputs) for output, inputs in calls])
         return cache
 
     def _output(self, where: list, data: dict) -> Any:
