@@ -176,6 +176,8 @@ class Trace(Tracer):
         if self.invoker is not None:
             self.invoker.__exit__(None, None, None)
         if not self.runs:
+            if self.scanning:  # `model.scan(...)`: saved values are fakes, their shapes readable after the block
+                self.experiment.results.update(self.fake().saved())
             return
         if not self.invokers:
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
