@@ -220,7 +220,9 @@ class Trace(Tracer):
         return self._fake
 
     def describe(self, node: Node, name: str) -> Any:
-        """An attribute (shape, dtype, ...) of a node's fake value."""
+        """An attribute (shape, dtype, ...) of a node's fake value; another trace's node: from that trace."""
+        if node.graph is not self.graph:
+            return super().describe(node, name)
         return getattr(self.fake().value(node), name)
 
     # -- what the user calls on the tracer ------------------------------------------------------------
