@@ -175,3 +175,27 @@ def test_cache_hooks_only_listed_modules(tiny, net, x):
     with tiny.trace(x) as tracer:
         tracer.cache(modules=[tiny.layer2])
     assert during == [(0, 1)]
+
+
+def test_shape_of_an_earlier_traces_value_in_the_session_body(tiny, net, x):
+    with tiny.session():
+        with tiny.trace(x):
+            hidden = tiny.layer1.output
+        shape, dtype = hidden.shape, hidden.dtype
+    assert shape == net.layer1(x).shape and dtype == net.layer1(x).dtype
+
+
+def test_shape_of_an_earlier_traces_value_read_in_a_later_trace_is_that_traces(tiny, net, x):
+    wider = torch.rand(7, 5)
+    with tiny.session():
+        with tiny.trace(x):
+            hidden = tiny.layer1.output
+        with tiny.trace(wider):
+            earlier, later = hidden.shape, tiny.layer1.output.shape
+    assert earlier == net.layer1(x).shape and later == net.layer1(wider).shape
+
+
+def test_shape_of_a_session_value_is_a_clear_error(tiny):
+    with pytest.raises(TraceError, match="not a value of a trace"):
+        with tiny.session() as session:
+            session.apply(list).shape

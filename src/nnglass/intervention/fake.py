@@ -179,12 +179,29 @@ class Fake(Interleaver):
     def value(self, node: Node) -> Any:
         """The fake value of node (computing the nodes it depends on first)."""
         order = self._missing(node)
-        for invoke, needed in _needed(order).items():  # records first: preparing inputs must not see fakes
-            self.prepare_invoke(invoke, needed)
+        self._prepare(order)  # records first: preparing inputs must not see fakes
         with suspended(), self.mode:
             for item in order:
                 self.values[item] = self._evaluate(item)
         return self.values[node]
+
+    def saved(self) -> dict[Node, Any]:
+        """The fake values of the graph's saved nodes, after the nodes that use them (a cache's entries) ran.
+
+        Like a run, it leaves out the nodes that need a module call the scan did not see (a ModuleList's output).
+        """
+        nodes = self.graph.nodes
+        saved = [node for node in nodes if node.saved]
+        users = [nodes[index] for index in sorted({index for node in saved for index in node.users})]
+        for node in users + saved:
+            if self._prepare(self._missing(node)):
+                self.value(node)
+        return {node: self.values[node] for node in saved if node in self.values}
+
+    def _prepare(self, order: list[Node]) -> bool:
+        """Prepare the records the event nodes among order read; whether the scan saw every one of them."""
+        seen = [needed <= self.prepare_invoke(invoke, needed).keys() for invoke, needed in _needed(order).items()]
+        return all(seen)
 
     def _missing(self, node: Node) -> list[Node]:
         order: list[Node] = []

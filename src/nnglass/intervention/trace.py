@@ -176,6 +176,8 @@ class Trace(Tracer):
         if self.invoker is not None:
             self.invoker.__exit__(None, None, None)
         if not self.runs:
+            if self.scanning:  # `model.scan(...)`: saved values are fakes, their shapes readable after the block
+                self.experiment.results.update(self.fake().saved())
             return
         if not self.invokers:
             raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
@@ -218,7 +220,9 @@ class Trace(Tracer):
         return self._fake
 
     def describe(self, node: Node, name: str) -> Any:
-        """An attribute (shape, dtype, ...) of a node's fake value."""
+        """An attribute (shape, dtype, ...) of a node's fake value; another trace's node: from that trace."""
+        if node.graph is not self.graph:
+            return super().describe(node, name)
         return getattr(self.fake().value(node), name)
 
     # -- what the user calls on the tracer ------------------------------------------------------------

@@ -220,6 +220,14 @@ class Tracer:
                 deps.append(anchor)
         return node
 
+    def describe(self, node: Node, name: str) -> Any:
+        """An attribute (shape, dtype, ...) of a node's fake value, from the trace that recorded it."""
+        owner = self.experiment.owners.get(node.graph.id)
+        if owner is None or owner is self:
+            raise TraceError(f"This value has no `.{name}` while the {self.kind} is being recorded: it is not "
+                             f"a value of a trace. Read it after the {self.kind} has run.")
+        return owner.describe(node, name)
+
     def scope(self, **state: Any) -> Scope:
         """Set recording state (graph, current_invoke, guard, backward) for a block, then restore it."""
         return Scope(self, state)
