@@ -76,13 +76,21 @@ def _patches() -> list[tuple[Any, str, Any, Any]]:
 
 
 @functools.cache
-def _swaps() -> list[tuple[Any, dict, dict]]:
-    """The patches grouped by owner: (owner, name -> traced, name -> original)."""
+def _swaps() -> list[tuple[Callable[[dict], Any], dict, dict]]:
+    """The patches grouped by owner: (what sets names on it, name -> traced, name -> original)."""
     groups: dict[int, tuple[Any, dict, dict]] = {}
     for owner, name, original, traced in _patches():
         _, to_traced, to_original = groups.setdefault(id(owner), (owner, {}, {}))
         to_traced[name], to_original[name] = traced, original
-    return list(groups.values())
+    return [(_setter(owner), to_traced, to_original) for owner, to_traced, to_original in groups.values()]
+
+
+def _setter(owner: Any) -> Callable[[dict], Any]:
+    """How to set names on owner: a module's namespace is a plain dict, so one `dict.update` sets them
+    all (a setattr each costs more); a class takes setattr, which keeps the type's method cache right."""
+    if isinstance(owner, type):
+        return lambda values: [setattr(owner, name, value) for name, value in values.items()]
+    return vars(owner).update
 
 
 @functools.cache
@@ -115,18 +123,9 @@ def remove_patches() -> None:
 
 
 def _apply(traced: bool) -> None:
-    """Set every patched name to its traced (or original) function.
-
-    A module's namespace is a plain dict, so one `dict.update` sets all of its names (a setattr each
-    costs more); a class is set through setattr, which keeps the type's method cache right.
-    """
-    for owner, to_traced, to_original in _swaps():
-        values = to_traced if traced else to_original
-        if isinstance(owner, type):
-            for name, value in values.items():
-                setattr(owner, name, value)
-        else:
-            vars(owner).update(values)
+    """Set every patched name to its traced (or original) function."""
+    for set_names, to_traced, to_original in _swaps():
+        set_names(to_traced if traced else to_original)
 
 
 def pause_gc() -> None:
