@@ -11,10 +11,11 @@ from ..tracing.proxy import Proxy
 from .source import source_envoy
 from .trace import Steps
 
-__all__ = ["Envoy"]
+__all__ = ["Envoy", "envoy_class", "open_trace"]
 
 
-def _tracer() -> Any:
+def open_trace() -> Any:
+    """The trace being recorded (where module values exist), else a clear error."""
     tracer = current()
     if tracer is None or not hasattr(tracer, "event"):
         raise TraceError("Module inputs and outputs exist only inside `with model.trace(...)`.")
@@ -32,16 +33,30 @@ def _assigned_back(value: Proxy) -> bool:
     return node.op == "parameter" or bool(node.args) and getattr(node.args[0], "op", None) == "parameter"
 
 
+def envoy_class(envoys: Any, module: torch.nn.Module, path: str) -> type[Envoy]:
+    """nnsight's `envoys=`: one Envoy class for every module, or a dict whose keys are module types (matched
+    along the module's MRO, first) or dotted path suffixes ("self_attn", "h.0.attn"); else Envoy."""
+    if envoys is None:
+        return Envoy
+    if isinstance(envoys, type):
+        return envoys
+    found = next((envoys[kind] for kind in type(module).__mro__ if kind in envoys), None)
+    if found is not None:
+        return found
+    parts = path.split(".")
+    suffixes = (cls for key, cls in envoys.items() if isinstance(key, str) and parts[-len(key.split(".")):] == key.split("."))
+    return next(suffixes, Envoy)
+
+
 class Envoy:
     """A module's stand-in: children by attribute or index, values through .input/.output."""
 
-    def __init__(self, module: torch.nn.Module, path: str = "") -> None:
+    def __init__(self, module: torch.nn.Module, path: str = "", envoys: Any = None) -> None:
         self._module = module
         self._path = path
-        self._children = {
-            name: Envoy(child, f"{path}.{name}" if path else name)
-            for name, child in module.named_children()
-        }
+        self._classes = envoys  # nnsight's `envoys=`: which Envoy class wraps each module below
+        self._children = {name: self._child(child, f"{path}.{name}" if path else name)
+                          for name, child in module.named_children()}
         self._ordered = list(self._children.values())  # for indexing, e.g. layers[-1]
         self._aliases: dict[str, str] = {}  # alias -> dotted path below this envoy (see `_add_aliases`)
 
@@ -62,10 +77,14 @@ class Envoy:
             return tracer.parameter(self._path, name)
         return getattr(module, name)
 
+    def _child(self, module: torch.nn.Module, path: str) -> Envoy:
+        """The envoy of a module below this one, of the class `envoys=` gives it."""
+        return envoy_class(self._classes, module, path)(module, path, self._classes)
+
     def _adopt(self, name: str) -> Envoy:
         """The envoy of a child module attached after the model was wrapped (`envoy._module.add_module(...)`)."""
         path = f"{self._path}.{name}" if self._path else name
-        child = self._children[name] = Envoy(self._module._modules[name], path)
+        child = self._children[name] = self._child(self._module._modules[name], path)
         self._ordered.append(child)
         return child
 
@@ -156,33 +175,33 @@ class Envoy:
     @property
     def output(self) -> Proxy:
         """The module's output (at the addressed call)."""
-        return _tracer().event(self._path, "output")
+        return open_trace().event(self._path, "output")
 
     @output.setter
     def output(self, value: Any) -> None:
-        _tracer().set_event(self._path, "output", value)
+        open_trace().set_event(self._path, "output", value)
 
     @property
     def inputs(self) -> Proxy:
         """The module's inputs as (args, kwargs)."""
-        return _tracer().event(self._path, "inputs")
+        return open_trace().event(self._path, "inputs")
 
     @inputs.setter
     def inputs(self, value: Any) -> None:
-        _tracer().set_event(self._path, "inputs", value)
+        open_trace().set_event(self._path, "inputs", value)
 
     @property
     def input(self) -> Proxy:
         """The module's first positional (or else first keyword) input."""
-        return _tracer().event(self._path, "input")
+        return open_trace().event(self._path, "input")
 
     @input.setter
     def input(self, value: Any) -> None:
-        _tracer().set_event(self._path, "input", value)
+        open_trace().set_event(self._path, "input", value)
 
     def skip(self, value: Any) -> None:
         """The module does not run (at the addressed call); value stands for its output."""
-        _tracer().skip(self._path, value)
+        open_trace().skip(self._path, value)
 
     @property
     def source(self) -> Any:
@@ -191,24 +210,24 @@ class Envoy:
 
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""
-        _tracer().next_call(self._path, step)
+        open_trace().next_call(self._path, step)
         return self
 
     @property
     def iter(self) -> Any:
         """`for step in envoy.iter[0:2]:` the body addresses this module's call at each step."""
-        return Steps(_tracer(), self._path)
+        return Steps(open_trace(), self._path)
 
     def all(self) -> Envoy:
         """Address every call of the module and its children: what depends on them runs once per call.
 
         As a context manager (`with model.all():`) it applies to every invoke opened inside and ends with it.
         """
-        _tracer().all_calls(self._path)
+        open_trace().all_calls(self._path)
         return self
 
     def __enter__(self) -> Envoy:
-        tracer = _tracer()
+        tracer = open_trace()
         tracer.calls.pop((self._path, tracer.current_invoke), None)  # the scope, not `.all()` itself, says ALL
         self._scope = tracer.all_scope(self._path)
         self._scope.__enter__()

@@ -474,3 +474,11 @@ def _downstream(node: Node) -> list[Node]:
 
 def _event_name(node: Node) -> str:
     return f" (the {node.op} of module '{node.target}')" if node.op in EVENTS else ""
+
+
+def __getattr__(name: str) -> Any:
+    """`from nnsight.intervention.interleaver import eproperty`, where nnsight keeps it (loaded on first use)."""
+    if name == "eproperty":
+        from .eproperty import eproperty
+        return eproperty
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -69,8 +69,10 @@ class Invoker:
             trace.fake().prepare_invoke(self.index)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._scope.__exit__(*exc)
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if kind is None:
+            self.trace.flush_swaps()
+        self._scope.__exit__(kind, *exc)
 
 
 class Barrier:
@@ -150,6 +152,7 @@ class Trace(Tracer):
         self.open_steps: list[range] = []      # node indices of open-ended steps the run may not reach
         self.step: int | None = None           # the call every module is at (a step loop, `tracer.next()`)
         self.everywhere: list[str] = []        # module paths of open `with envoy.all():` blocks
+        self.deferred: list[tuple] = []        # eproperty transforms waiting for the user's edits of a view
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -320,6 +323,7 @@ class Trace(Tracer):
     # -- module events (used by Envoy) ----------------------------------------------------------------
     def event(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input`; inside a condition, a read guarded by it."""
+        self.flush_swaps()
         latest = self.latest(path, kind)
         if self.guard is None:
             return latest
@@ -344,12 +348,30 @@ class Trace(Tracer):
     def set_event(self, path: str, kind: str, value: Any) -> None:
         """`envoy.output = value` (or input/inputs): swap what the model gets."""
         first = kind == "input"
-        if first:
-            kind = "inputs"
-        call = self.call_of(path)
-        latest = self.swap(self.latest(path, kind), value, first)
-        self.events[(path, kind, call, self.current_invoke)] = latest
+        kind = "inputs" if first else kind
+        self.latest(path, kind)  # made now if it was never read
+        self.swap_event(path, kind, self.call_of(path), value, first)
+
+    def swap_event(self, path: str, kind: str, call: int, value: Any, first: bool = False) -> None:
+        """Swap what the model gets at one (read) call of a module, in the current invoke; later reads see value."""
+        key = (path, kind, call, self.current_invoke)
+        self.events[key] = self.swap(self.events[key], value, first)
         self.events.pop((path, "input", call, self.current_invoke), None)
+
+    def defer_swap(self, path: str, kind: str, make: Callable[[], Any]) -> None:
+        """Swap make() into a module value once the user's edits of a view of it are recorded (an eproperty's
+        transform): at the next module value read, the end of the invoke, or the end of the block."""
+        self.deferred.append((path, kind, self.call_of(path), self.current_invoke, make))
+
+    def flush_swaps(self) -> None:
+        """Record the deferred swaps, each in the invoke it was asked in."""
+        while self.deferred:
+            path, kind, call, invoke, make = self.deferred.pop(0)
+            with self.scope(current_invoke=invoke):
+                self.swap_event(path, kind, call, make())
+
+    def finish(self) -> None:
+        self.flush_swaps()
 
     def skip(self, path: str, value: Any) -> None:
         """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""

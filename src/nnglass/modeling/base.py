@@ -37,10 +37,14 @@ def backend_for(remote: Any, blocking: bool = True, at_once: bool = False) -> Ba
 
 
 class NNsight(Envoy):
-    """The root envoy of a model, with `trace` and `scan`; `rename={original: alias}` adds module aliases."""
+    """The root envoy of a model, with `trace` and `scan`; `rename={original: alias}` adds module aliases,
+    `envoys=` says which Envoy subclass wraps which modules (nnsight's extension API, see eproperty)."""
 
-    def __init__(self, module: torch.nn.Module, rename: dict[str, str | list[str]] | None = None) -> None:
-        super().__init__(module, "")
+    envoys: Any = None  # a subclass's default `envoys=` (see Envoy: which Envoy class wraps each module)
+
+    def __init__(self, module: torch.nn.Module, rename: dict[str, str | list[str]] | None = None,
+                 envoys: Any = ...) -> None:
+        super().__init__(module, "", type(self).envoys if envoys is ... else envoys)
         self._model = module
         self._modules_by_path = dict(module.named_modules())
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)

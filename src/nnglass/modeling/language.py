@@ -40,7 +40,7 @@ class LanguageModel(NNsight):
 
     def __init__(self, model: str | os.PathLike | PreTrainedModel, *, tokenizer: Any = None,
                  automodel: Any = None, dispatch: bool = False, tokenizer_kwargs: dict | None = None,
-                 rename: dict[str, str | list[str]] | None = None, **kwargs: Any) -> None:
+                 rename: dict[str, str | list[str]] | None = None, envoys: Any = ..., **kwargs: Any) -> None:
         loaded = isinstance(model, torch.nn.Module)
         self._source = None if loaded else str(model)
         self._automodel = automodel or _auto_causal_lm()
@@ -48,7 +48,7 @@ class LanguageModel(NNsight):
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
         self._generator = WrapperModule()  # ours, not added to the user's model
         self._prepare(module)
-        super().__init__(module, rename)
+        super().__init__(module, rename, envoys)
         self._mount_generator()
         self._remote_name = self._source  # a server hosts it under the repo id or path it was built from
         self._dispatched = loaded

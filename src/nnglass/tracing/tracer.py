@@ -99,8 +99,12 @@ class Tracer:
     def _close(self, kind: Any, error: Any, tb: Any) -> None:
         """Stop recording; run (or hand over) the graph unless the block failed; resume gc in any case."""
         try:
-            remove_patches()
-            self.leave()
+            try:
+                if kind is None:
+                    self.finish()
+            finally:
+                remove_patches()
+                self.leave()
             if kind is None:
                 self.end()
         finally:
@@ -138,6 +142,9 @@ class Tracer:
     def begin(self) -> Any:
         """Subclass work at the start of the block; a value to bind with `as` instead of the tracer."""
         return None
+
+    def finish(self) -> None:
+        """Subclass work at the end of the block while it still records."""
 
     def end(self) -> None:
         """Subclass work at the end of the block (run the experiment, when outermost)."""
