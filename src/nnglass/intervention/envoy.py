@@ -8,18 +8,11 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
+from .eproperty import open_trace
 from .source import source_envoy
 from .trace import Steps
 
-__all__ = ["Envoy", "envoy_class", "open_trace"]
-
-
-def open_trace() -> Any:
-    """The trace being recorded (where module values exist), else a clear error."""
-    tracer = current()
-    if tracer is None or not hasattr(tracer, "event"):
-        raise TraceError("Module inputs and outputs exist only inside `with model.trace(...)`.")
-    return tracer
+__all__ = ["Envoy", "envoy_class"]
 
 
 def _is_tensor_of(module: torch.nn.Module, name: str) -> bool:

@@ -24,9 +24,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..tracing.errors import TraceError
-from .envoy import open_trace
+from ..tracing.local import current
 
-__all__ = ["eproperty"]
+__all__ = ["eproperty", "open_trace"]
 
 _KEYS = {"output": "output", "input": "inputs", "inputs": "inputs"}  # nnsight's key -> the module value
 
@@ -86,3 +86,10 @@ class eproperty:  # noqa: N801  nnsight's name
             return self.back.__func__(view)
         return self.back(envoy, view)
 
+
+def open_trace() -> Any:
+    """The trace being recorded (where module values exist), else a clear error."""
+    tracer = current()
+    if tracer is None or not hasattr(tracer, "event"):
+        raise TraceError("Module inputs and outputs exist only inside `with model.trace(...)`.")
+    return tracer
