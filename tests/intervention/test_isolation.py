@@ -9,7 +9,7 @@ import torch
 import nnglass
 from nnglass import LanguageModel, NNsight, TraceError
 
-from tests.conftest import tiny_llama
+from tests.conftest import make_net, tiny_llama
 
 
 class Pair(torch.nn.Module):
@@ -327,6 +327,18 @@ def test_a_second_wrapper_does_not_break_the_first(smol_tokenizer):
         two = second.generator.output.save()
     assert torch.equal(one.value, two.value) and one.shape[1] > 1
 
+
+
+def test_another_models_modules_are_refused_inside_a_trace_a_wrapper_of_the_same_net_is_not(net, x):
+    other = NNsight(make_net())  # the same module names and shapes: reading it here would read `net`
+    model, again = NNsight(net), NNsight(net)
+    for misuse in (lambda: other.layer1.output, lambda: other.layer2(model.layer1.output)):
+        with pytest.raises(TraceError, match="belongs to another model"):
+            with model.trace(x):
+                misuse()
+    with model.trace(x):
+        hidden = again.layer1.output.save()  # another wrapper of the very same net: its modules are these
+    assert torch.equal(hidden, net.layer1(x))
 
 # the scan -------------------------------------------------------------------------------------------
 def test_a_scan_leaves_buffers_and_random_state_alone():

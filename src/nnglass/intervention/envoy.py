@@ -71,8 +71,22 @@ class Envoy:
         return getattr(module, name)
 
     def _child(self, module: torch.nn.Module, path: str) -> Envoy:
-        """The envoy of a module below this one, of the class `envoys=` gives it."""
-        return envoy_class(self._classes, module, path)(module, path, self._classes)
+        """The envoy of a module below this one, of the class `envoys=` gives it (and this one's root)."""
+        child = envoy_class(self._classes, module, path)(module, path, self._classes)
+        child.__dict__["_root"] = self.__dict__.get("_root")
+        return child
+
+    def _trace(self) -> Any:
+        """The trace being recorded, which must run this envoy's model."""
+        return self._own(open_trace())
+
+    def _own(self, recorder: Any) -> Any:
+        """recorder, if it records this envoy's model (a trace or session reads and calls its own model only)."""
+        root, model = self.__dict__.get("_root"), getattr(recorder, "model", None)
+        if root is not None and model is not None and getattr(model, "_model", None) is not root._model:
+            raise TraceError(f"'{self.path}' belongs to another model than the one this {recorder.kind} runs: "
+                             f"it reads and calls the modules of its own model (trace the other one separately).")
+        return recorder
 
     def _adopt(self, name: str) -> Envoy:
         """The envoy of a child module attached after the model was wrapped (`envoy._module.add_module(...)`)."""
@@ -162,39 +176,39 @@ class Envoy:
         tracer = current()
         if tracer is None:
             return self._module(*args, **kwargs)
-        return tracer.proxy("call_module", self._path, args, {**kwargs, "hook": hook} if hook else kwargs)
+        return self._own(tracer).proxy("call_module", self._path, args, {**kwargs, "hook": hook} if hook else kwargs)
 
     # -- values in a trace --------------------------------------------------------------------------
     @property
     def output(self) -> Proxy:
         """The module's output (at the addressed call)."""
-        return open_trace().event(self._path, "output")
+        return self._trace().event(self._path, "output")
 
     @output.setter
     def output(self, value: Any) -> None:
-        open_trace().set_event(self._path, "output", value)
+        self._trace().set_event(self._path, "output", value)
 
     @property
     def inputs(self) -> Proxy:
         """The module's inputs as (args, kwargs)."""
-        return open_trace().event(self._path, "inputs")
+        return self._trace().event(self._path, "inputs")
 
     @inputs.setter
     def inputs(self, value: Any) -> None:
-        open_trace().set_event(self._path, "inputs", value)
+        self._trace().set_event(self._path, "inputs", value)
 
     @property
     def input(self) -> Proxy:
         """The module's first positional (or else first keyword) input."""
-        return open_trace().event(self._path, "input")
+        return self._trace().event(self._path, "input")
 
     @input.setter
     def input(self, value: Any) -> None:
-        open_trace().set_event(self._path, "input", value)
+        self._trace().set_event(self._path, "input", value)
 
     def skip(self, value: Any) -> None:
         """The module does not run (at the addressed call); value stands for its output."""
-        open_trace().skip(self._path, value)
+        self._trace().skip(self._path, value)
 
     @property
     def source(self) -> Any:
@@ -203,24 +217,24 @@ class Envoy:
 
     def next(self, step: int = 1) -> Envoy:
         """Address the module's following call (generation steps, repeated use)."""
-        open_trace().next_call(self._path, step)
+        self._trace().next_call(self._path, step)
         return self
 
     @property
     def iter(self) -> Any:
         """`for step in envoy.iter[0:2]:` the body addresses this module's call at each step."""
-        return Steps(open_trace(), self._path)
+        return Steps(self._trace(), self._path)
 
     def all(self) -> Envoy:
         """Address every call of the module and its children: what depends on them runs once per call.
 
         As a context manager (`with model.all():`) it applies to every invoke opened inside and ends with it.
         """
-        open_trace().all_calls(self._path)
+        self._trace().all_calls(self._path)
         return self
 
     def __enter__(self) -> Envoy:
-        tracer = open_trace()
+        tracer = self._trace()
         tracer.calls.pop((self._path, tracer.current_invoke), None)  # the scope, not `.all()` itself, says ALL
         self._scope = tracer.all_scope(self._path)
         self._scope.__enter__()

@@ -69,7 +69,7 @@ class eproperty:  # noqa: N801  nnsight's name
     def __get__(self, envoy: Any, owner: type | None = None) -> Any:
         if envoy is None:
             return self
-        tracer, kind = open_trace(), self.kind()
+        tracer, kind = envoy._trace(), self.kind()
         value = tracer.event(envoy._path, kind)
         view = self.pre(envoy, value) if self.pre is not None else value
         if self.back is not None:
@@ -77,7 +77,7 @@ class eproperty:  # noqa: N801  nnsight's name
         return view
 
     def __set__(self, envoy: Any, value: Any) -> None:
-        tracer = open_trace()
+        tracer = envoy._trace()
         tracer.set_event(envoy._path, self.kind(), self.post(envoy, value) if self.post is not None else value)
 
     def _transformed(self, envoy: Any, view: Any) -> Any:

@@ -44,6 +44,7 @@ class NNsight(Envoy):
 
     def __init__(self, module: torch.nn.Module, rename: dict[str, str | list[str]] | None = None,
                  envoys: Any = ...) -> None:
+        self.__dict__["_root"] = self  # every envoy below knows the model it belongs to
         super().__init__(module, "", type(self).envoys if envoys is ... else envoys)
         self._model = module
         self._modules_by_path = dict(module.named_modules())
