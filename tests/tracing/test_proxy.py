@@ -118,8 +118,7 @@ def test_unpacking_and_len_of_trace_values_follow_their_fake_values():
     net = torch.nn.Sequential(collections.OrderedDict(pair=Pair(), sum=Sum(), out=torch.nn.Linear(5, 2)))
     model, x = NNsight(net), torch.rand(3, 5)
     with model.trace(x):
-        doubled, shifted = model.pair.output
-        doubled, shifted = doubled.save(), shifted.save()
+        doubled, shifted = model.pair.output.save()  # the pieces of a saved value are saved
         rows = [row.save() for row in model.out.output]
         count = len(model.out.output)
     expected = net(x)

@@ -8,11 +8,11 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
-from .eproperty import open_trace
+from .eproperty import eproperty, open_trace
 from .source import source_envoy
 from .trace import Steps
 
-__all__ = ["Envoy", "envoy_class"]
+__all__ = ["Envoy", "envoy_class", "eproperty"]  # eproperty: where nnsight also has it
 
 
 def _is_tensor_of(module: torch.nn.Module, name: str) -> bool:

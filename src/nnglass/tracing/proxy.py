@@ -137,7 +137,8 @@ class Proxy:
 
     def __iter__(self) -> Any:
         if self.experiment.building:  # `a, b = proxy`: one item proxy per element of the fake value
-            return iter([self[i] for i in range(self._length(_NO_ITER))])
+            items = [self[i] for i in range(self._length(_NO_ITER))]
+            return iter([item.save() for item in items] if self.node.saved else items)  # `a, b = x.save()`
         return iter(self.value)
 
     def __len__(self) -> int:
