@@ -70,7 +70,7 @@ class Invoker:
         return self
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
-        if kind is None:
+        if kind is None and self.trace.deferred:
             self.trace.flush_swaps()
         self._scope.__exit__(kind, *exc)
 
@@ -323,7 +323,8 @@ class Trace(Tracer):
     # -- module events (used by Envoy) ----------------------------------------------------------------
     def event(self, path: str, kind: str) -> Proxy:
         """The latest proxy of a module's `output`, `inputs` or `input`; inside a condition, a read guarded by it."""
-        self.flush_swaps()
+        if self.deferred:
+            self.flush_swaps()
         latest = self.latest(path, kind)
         if self.guard is None:
             return latest
@@ -371,7 +372,8 @@ class Trace(Tracer):
                 self.swap_event(path, kind, call, make())
 
     def finish(self) -> None:
-        self.flush_swaps()
+        if self.deferred:
+            self.flush_swaps()
 
     def skip(self, path: str, value: Any) -> None:
         """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""

@@ -88,9 +88,13 @@ def _swaps() -> list[tuple[Callable[[dict], Any], dict, dict]]:
 def _setter(owner: Any) -> Callable[[dict], Any]:
     """How to set names on owner: a module's namespace is a plain dict, so one `dict.update` sets them
     all (a setattr each costs more); a class takes setattr, which keeps the type's method cache right."""
-    if isinstance(owner, type):
-        return lambda values: [setattr(owner, name, value) for name, value in values.items()]
-    return vars(owner).update
+    if not isinstance(owner, type):
+        return vars(owner).update
+
+    def set_on_class(values: dict) -> None:
+        for name, value in values.items():
+            setattr(owner, name, value)
+    return set_on_class
 
 
 @functools.cache
