@@ -189,3 +189,65 @@ def test_modules_lists_envoys_with_nnsight_paths(model, hf, tok):
     with model.trace(PROMPT):
         head = linears[-1].output.save()
     torch.testing.assert_close(head, eager(hf, tok)[0])
+
+
+def test_wrapper_conveniences_of_nnsight(tok):
+    from nnglass.util import WrapperModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 10), torch.nn.Linear(10, 2))
+    model = nnsight.NNsight(net).to("cpu")  # the wrapper, not the module
+    x = torch.rand(2, 5)
+    model[0].probe = WrapperModule()  # attached to the module, with an envoy of its own
+    with model.trace(x):
+        model[0].probe(model[0].output, hook=True)
+        copy = model[0].probe.output.save()
+    torch.testing.assert_close(copy, net[0](x))
+    with pytest.raises(ValueError, match="Nothing to run"):
+        with model.trace():
+            pass
+    with pytest.raises(ValueError, match="zero tokens"):
+        LanguageModel(tiny_llama(tok, 1), tokenizer=tok).trace("", trace=False)
+
+
+class Thrice(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.layer(self.layer(self.layer(x)))
+
+
+def test_a_bounded_step_slice_in_a_trace_addresses_each_call_of_a_module():
+    torch.manual_seed(0)
+    net, x = Thrice(), torch.rand(1, 4)
+    model = nnsight.NNsight(net)
+    with model.trace(x) as tracer:
+        calls = list().save()
+        for step in tracer.iter[:3]:
+            calls.append(model.layer.output)
+    expected = [net.layer(x)]
+    for _ in range(2):
+        expected.append(net.layer(expected[-1]))
+    assert len(calls) == 3
+    for got, want in zip(calls, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_with_tracer_iter_all_and_membership_of_a_saved_cache(model, hf, tok):
+    with model.generate(PROMPT, max_new_tokens=2) as tracer:
+        with tracer.iter[:]:  # nnsight 0.4: the body applies at every step
+            model.model.layers[0].output[:] = 0
+        cache = tracer.cache(modules=[model.model.layers[1]])
+        ids = tracer.result.save()
+    assert "model.layers.1" in cache and "model.model.layers.1" in cache
+    assert cache["model.layers.1"][0].input is None  # inputs were not cached
+    expected = hf.generate(**tok(PROMPT, return_tensors="pt"), max_new_tokens=2, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
+    assert ids.shape == expected.shape
+    with model.generate(PROMPT, max_new_tokens=2) as tracer:
+        with tracer.all():
+            model.model.layers[0].output[:] = 0
+        same = tracer.result.save()
+    assert torch.equal(ids, same)  # as `with tracer.all():`, checked against hooks in test_dialect_steps

@@ -1,11 +1,13 @@
-"""nnsight 0.4's `nnsight.util`: helpers that notebooks call directly."""
+"""nnsight's `nnsight.util`: helpers that notebooks call directly."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+
 from .tracing.walk import map_leaves
 
-__all__ = ["apply"]
+__all__ = ["apply", "WrapperModule"]
 
 
 def apply(data: Any, fn: Callable[[Any], Any], cls: type | tuple[type, ...], inplace: bool = False) -> Any:
@@ -29,3 +31,11 @@ def _write_back(data: Any, mapped: Any) -> None:
         for key, item in mapped.items():
             _write_back(data[key], item)
             data[key] = item if not isinstance(item, (list, dict)) else data[key]
+
+
+class WrapperModule(torch.nn.Module):
+    """An identity module: a hook point for values no module of the model produces (generated ids)."""
+
+    def forward(self, value: Any) -> Any:
+        """Return value unchanged."""
+        return value

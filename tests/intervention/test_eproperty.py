@@ -108,3 +108,7 @@ def test_an_eproperty_that_names_no_module_value_is_a_clear_error():
     with model.trace(x):  # the next trace works
         out = model.output.save()
     assert out.shape == (1, 2)
+
+
+def test_path_keys_may_start_with_a_dot():
+    assert type(NNsight(make_net(), envoys={".layer1": Doubled}).layer1) is Doubled

@@ -558,3 +558,22 @@ def test_a_saved_value_of_a_branch_that_did_not_run_leaves_the_variable_as_it_wa
         if tiny.output.sum() > 1e6:
             missing = (tiny.output * 2).save()
     assert torch.equal(found, net(x)) and missing is None
+
+
+def test_a_compiled_body_that_starts_with_try(tiny, net, x):
+    def run():
+        with tiny.trace(x):
+            try:  # Python 3.11 gives this line a NOP outside the with's handler: the skip waits past it
+                hidden = tiny.layer1.output.save()
+            except Exception:
+                pass
+            if tiny.layer1.output.sum() > -1e9:
+                tiny.layer2.output[:] = 0
+            out = tiny.output.save()
+        return hidden, out
+
+    hidden, out = run()
+    assert torch.equal(hidden, net.layer1(x)) and torch.equal(out, torch.zeros(1, 2))
+    with tiny.trace(x):  # nothing was left open
+        again = tiny.output.save()
+    assert torch.equal(again, net(x))

@@ -20,7 +20,9 @@ class Entry:
 
     @property
     def input(self) -> Any:
-        """The first positional (or else first keyword) input."""
+        """The first positional (or else first keyword) input; None where inputs were not cached."""
+        if self.inputs is None:
+            return None
         args, kwargs = self.inputs
         return args[0] if args else next(iter(kwargs.values()))
 

@@ -28,7 +28,7 @@ def _assigned_back(value: Proxy) -> bool:
 
 def envoy_class(envoys: Any, module: torch.nn.Module, path: str) -> type[Envoy]:
     """nnsight's `envoys=`: one Envoy class for every module, or a dict whose keys are module types (matched
-    along the module's MRO, first) or dotted path suffixes ("self_attn", "h.0.attn"); else Envoy."""
+    along the module's MRO, first) or dotted path suffixes ("self_attn", "h.0.attn", ".layer1"); else Envoy."""
     if envoys is None:
         return Envoy
     if isinstance(envoys, type):
@@ -37,8 +37,8 @@ def envoy_class(envoys: Any, module: torch.nn.Module, path: str) -> type[Envoy]:
     if found is not None:
         return found
     parts = path.split(".")
-    suffixes = (cls for key, cls in envoys.items() if isinstance(key, str) and parts[-len(key.split(".")):] == key.split("."))
-    return next(suffixes, Envoy)
+    keys = ((key.lstrip(".").split("."), cls) for key, cls in envoys.items() if isinstance(key, str) and key.strip("."))
+    return next((cls for key, cls in keys if parts[-len(key):] == key), Envoy)
 
 
 class Envoy:
@@ -102,7 +102,23 @@ class Envoy:
             if not _assigned_back(value):
                 raise TraceError(f"Edit parameters in place (`.{name}[:] = value`); a parameter cannot be replaced.")
             return  # `model.layer.weight *= 2`: the in-place edit is recorded; Python's assignment after it is not one
+        if module is not None and isinstance(value, torch.nn.Module) and not name.startswith("_"):
+            module.add_module(name, value)  # `envoy.sae = SAE()`: attached to the module, with its own envoy
+            if name in self._children:
+                self._ordered.remove(self._children.pop(name))
+            return
         object.__setattr__(self, name, value)
+
+    def to(self, *args: Any, **kwargs: Any) -> Envoy:
+        """Move the module (`NNsight(net).to("cpu")`); the envoy itself, as in nnsight."""
+        self._module.to(*args, **kwargs)
+        return self
+
+    def cpu(self) -> Envoy:
+        return self.to("cpu")
+
+    def cuda(self, device: Any = None) -> Envoy:
+        return self.to("cuda" if device is None else device)
 
     def get(self, path: str) -> Envoy:
         """The envoy at a dotted path below this one (`"transformer.h.0"`); aliases work too."""

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..tracing.contexts import Condition
-from ..tracing.errors import TraceError
+from ..tracing.errors import NothingToRun, TraceError
 from ..tracing.graph import Graph
 from ..tracing.node import Node
 from ..tracing.proxy import Proxy
@@ -18,7 +18,7 @@ from .cache import Cache, aliases_of, put, resolve
 from .fake import Fake
 from .interleaver import ALL_CALLS
 
-__all__ = ["Trace", "Invoker", "Barrier", "Steps", "AllSteps"]
+__all__ = ["Trace", "Invoker", "Barrier", "Steps", "StepLoop", "AllSteps"]
 
 
 def _enclosing(path: str) -> Iterator[str]:
@@ -96,12 +96,15 @@ class Steps:
         self.trace = trace
         self.path = path  # one module's calls (`envoy.iter[...]`) instead of every module's
 
-    def __getitem__(self, which: int | slice | list[int]) -> Iterator[int]:
-        if isinstance(which, slice):
-            return self._run(range(*which.indices(self.trace.steps())), which.stop is None)
-        return self._run([which] if isinstance(which, int) else list(which), False)
+    def __getitem__(self, which: int | slice | list[int]) -> StepLoop:
+        if isinstance(which, slice):  # a bounded slice goes to its stop (a module may run several times)
+            open_end = which.stop is None or which.stop < 0
+            steps = range(*which.indices(self.trace.steps() if open_end else which.stop))
+            return StepLoop(self, steps, which.stop is None, which == slice(None))
+        return StepLoop(self, [which] if isinstance(which, int) else list(which), False, False)
 
-    def _run(self, indices: Any, open_end: bool) -> Iterator[int]:
+    def run(self, indices: Any, open_end: bool) -> Iterator[int]:
+        """Record the loop body once per step index, with every module (or the one at path) at that step."""
         graph = self.trace.graph
         for count, index in enumerate(indices):
             start = len(graph.nodes)
@@ -109,6 +112,28 @@ class Steps:
                 yield index
             if open_end and count:
                 self.trace.open_steps.append(range(start, len(graph.nodes)))
+
+
+class StepLoop:
+    """`tracer.iter[...]`: a loop over the steps (nnsight 0.5), or for `[:]` a `with` block applying at
+    every step (as nnsight 0.4's `with tracer.iter[:]:`)."""
+
+    def __init__(self, steps: Steps, indices: Any, open_end: bool, every: bool) -> None:
+        self.steps, self.indices, self.open_end, self.every = steps, indices, open_end, every
+        self.scope: Any = None
+
+    def __iter__(self) -> Iterator[int]:
+        return self.steps.run(self.indices, self.open_end)
+
+    def __enter__(self) -> None:
+        if not self.every or self.steps.path is not None:
+            raise TraceError("As a `with` block, `tracer.iter[:]` applies at every step; for some steps, "
+                             "loop over them: `for step in tracer.iter[1:3]:`.")
+        self.scope = AllSteps(self.steps.trace)
+        self.scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.scope.__exit__(*exc)
 
 
 class AllSteps:
@@ -127,7 +152,7 @@ class AllSteps:
         self.scopes.pop().__exit__(*exc)
 
     def __iter__(self) -> Iterator[int]:
-        return Steps(self.trace)[:]
+        return iter(Steps(self.trace)[:])
 
 
 class Trace(Tracer):
@@ -183,7 +208,7 @@ class Trace(Tracer):
                 self.experiment.results.update(self.fake().saved())
             return
         if not self.invokers:
-            raise TraceError("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
+            raise NothingToRun("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
         if self.parent is None:
             self.backend.run(self)
 

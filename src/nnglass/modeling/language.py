@@ -11,6 +11,7 @@ from ..intervention.envoy import Envoy
 from ..intervention.trace import Trace
 from ..tracing.local import suspended
 from . import tokens
+from ..util import WrapperModule
 from .base import NNsight, backend_for, batch_slices, library_options
 
 __all__ = ["LanguageModel", "WrapperModule"]
@@ -20,14 +21,6 @@ if TYPE_CHECKING:  # transformers is imported on first use: `import nnglass` sta
 
 # `from_pretrained` keywords that also say where the config and tokenizer come from.
 _SOURCE_KEYS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
-
-
-class WrapperModule(torch.nn.Module):
-    """An identity module: a hook point for values no module of the model produces (generated ids)."""
-
-    def forward(self, value: Any) -> Any:
-        """Return value unchanged."""
-        return value
 
 
 class LanguageModel(NNsight):
@@ -155,6 +148,8 @@ class LanguageModel(NNsight):
                             f"or a tokenizer output), got {len(inputs)}.")
         with suspended():  # tokenizing makes real tensors, not graph nodes
             batch = tokens.encode(inputs[0], self.tokenizer, self._pad_id, **kwargs)
+        if batch["input_ids"].shape[-1] == 0:
+            raise ValueError("The input has zero tokens (an empty prompt): give at least one token.")
         return (), batch, batch["input_ids"].shape[0]
 
     def _invoker_inputs(self, prepared: tuple[tuple, dict, int]) -> tuple[tuple, dict]:

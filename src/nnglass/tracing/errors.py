@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TraceError", "ExecutionError", "EarlyStop", "Exit", "locate"]
+__all__ = ["TraceError", "NothingToRun", "ExecutionError", "EarlyStop", "Exit", "locate"]
 
 
 class TraceError(Exception):
     """Misuse of a proxy or a context while the graph is being recorded."""
+
+
+class NothingToRun(TraceError, ValueError):
+    """A trace given no input and no invoke (a ValueError too, as nnsight raises)."""
 
 
 class ExecutionError(Exception):

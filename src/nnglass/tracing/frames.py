@@ -13,6 +13,7 @@ __all__ = ["SkipBody", "with_frame", "skip_body", "stop_skipping", "read", "writ
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _CONTEXTLIB = os.path.dirname(os.__file__) + os.sep + "contextlib.py"
+_NOP = dis.opmap["NOP"]
 _BEFORE_WITH = {dis.opmap[name] for name in ("BEFORE_WITH", "BEFORE_ASYNC_WITH") if name in dis.opmap}
 
 
@@ -41,7 +42,10 @@ def skip_body(frame: FrameType, first_line: int) -> bool:
         return False
 
     def at_line(traced: FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and traced.f_lineno >= first_line:
+        if event in ("line", "opcode") and traced.f_lineno >= first_line:
+            if traced.f_code.co_code[traced.f_lasti] == _NOP:  # a `try:` line: outside the with's handler
+                traced.f_trace_opcodes = True  # raise at the next instruction, inside the try (and the with)
+                return at_line
             stop_skipping(traced)
             raise SkipBody
         return at_line
@@ -53,6 +57,7 @@ def skip_body(frame: FrameType, first_line: int) -> bool:
 def stop_skipping(frame: FrameType) -> None:
     """Remove what skip_body installed (also when the body never started)."""
     frame.f_trace = None
+    frame.f_trace_opcodes = False
     if sys.gettrace() is _ignore_calls:
         sys.settrace(None)
 

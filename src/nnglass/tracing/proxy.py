@@ -141,6 +141,12 @@ class Proxy:
             return iter([item.save() for item in items] if self.node.saved else items)  # `a, b = x.save()`
         return iter(self.value)
 
+    def __contains__(self, item: Any) -> bool:
+        if self.experiment.building:
+            raise TraceError("`in` on a proxy has no answer while recording: its value exists when the model "
+                             "runs. Test membership after the block, or with torch (`(proxy == x).any()`).")
+        return value_of(item) in self.value
+
     def __len__(self) -> int:
         if self.experiment.building:
             return self._length(_NO_LEN)
