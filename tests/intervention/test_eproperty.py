@@ -112,3 +112,27 @@ def test_an_eproperty_that_names_no_module_value_is_a_clear_error():
 
 def test_path_keys_may_start_with_a_dot():
     assert type(NNsight(make_net(), envoys={".layer1": Doubled}).layer1) is Doubled
+
+
+class Block(torch.nn.Module):
+    """A module with a child named `output`, as BERT's layers have."""
+
+    def __init__(self):
+        super().__init__()
+        self.output = torch.nn.Linear(5, 5)
+
+    def forward(self, x):
+        return self.output(x) * 2
+
+
+def test_a_child_named_like_an_envoy_attribute_keeps_its_name_and_the_attribute_moves():
+    torch.manual_seed(0)
+    net, x = torch.nn.Sequential(Block()), torch.rand(2, 5)
+    with pytest.warns(UserWarning, match="nns_output"):
+        model = NNsight(net)
+    assert model[0].output._module is net[0].output
+    with model.trace(x):
+        inner = model[0].output.output.save()  # the child's output
+        outer = model[0].nns_output.save()     # the block's own output
+    torch.testing.assert_close(inner, net[0].output(x))
+    torch.testing.assert_close(outer, net(x))

@@ -1,6 +1,8 @@
 """Envoy: mirrors one module of the model; its .input/.output are proxies inside a trace."""
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -52,6 +54,21 @@ class Envoy:
                           for name, child in module.named_children()}
         self._ordered = list(self._children.values())  # for indexing, e.g. layers[-1]
         self._aliases: dict[str, str] = {}  # alias -> dotted path below this envoy (see `_add_aliases`)
+        clashes = [name for name in self._children if hasattr(type(self), name)]
+        if clashes:
+            self._preserve(clashes)
+
+    def _preserve(self, names: list[str]) -> None:
+        """Children named like an envoy attribute (BERT's `output` module): as in nnsight, the name gives
+        the child's envoy and `nns_<name>` the attribute, for this envoy only (with a warning)."""
+        cls = type(self)
+        overrides: dict[str, Any] = {}
+        for name in names:
+            warnings.warn(f"Module `{self.path}` has a child named `{name}`, which is also an nnglass attribute: "
+                          f"`.{name}` is the child here, and `.nns_{name}` the attribute.", stacklevel=3)
+            overrides[name] = property(lambda envoy, name=name: envoy._children[name])
+            overrides[f"nns_{name}"] = inspect.getattr_static(cls, name)
+        self.__class__ = type(f"{cls.__name__}.Preserved", (cls,), overrides)
 
     # -- the module tree --------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
