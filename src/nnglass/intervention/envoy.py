@@ -95,8 +95,7 @@ class Envoy:
 
     def _trace(self) -> Any:
         """The trace being recorded, which must run this envoy's model."""
-        tracer, root = open_trace(), self.__dict__.get("_root")
-        return tracer if root is None or tracer.model._model is root._model else self._own(tracer)
+        return self._own(open_trace())
 
     def _own(self, recorder: Any) -> Any:
         """recorder, if it records this envoy's model (a trace or session reads and calls its own model only)."""

@@ -35,7 +35,8 @@ class eproperty:  # noqa: N801  nnsight's name
     """A descriptor for Envoy subclasses: `key` ("output", "input"), with optional pre/postprocess and transform."""
 
     def __init__(self, key: str | None = None, description: str | None = None, iterate: bool = True) -> None:
-        self.key, self.description, self.iterate = key, description, iterate
+        del description, iterate  # nnsight's repr label and step suffix: accepted, call indices do that here
+        self.key = key
         self.stub: Callable[..., Any] | None = None
         self.pre: Callable[..., Any] | None = None
         self.post: Callable[..., Any] | None = None

@@ -201,7 +201,7 @@ class Fake(Interleaver):
     def _prepare(self, order: list[Node]) -> bool:
         """Prepare the records the event nodes among order read; whether the scan saw every one of them."""
         seen = [needed <= self.prepare_invoke(invoke, needed).keys() for invoke, needed in _needed(order).items()]
-        return all(seen)
+        return all(seen)  # a list, not a generator: every invoke is prepared
 
     def _missing(self, node: Node) -> list[Node]:
         order: list[Node] = []

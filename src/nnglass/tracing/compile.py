@@ -144,9 +144,10 @@ def variables(context: Any) -> dict[str, Any]:
 def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> None:
     """Run the compiled body, then close the context with its outcome; write the variables back."""
     try:
-        before, values = _call_body(opened)
+        namespace = _referred(opened)  # the frame read once: the body's parameters and the lists it fills
+        before, values = _call_body(opened, namespace)
         opened.values = values
-        _mark_saved(opened.pending + _containers(_referred(opened)))  # the frame's: from outside the block
+        _mark_saved(opened.pending + _containers(namespace))
     except BaseException as exc:
         close(type(exc), exc, exc.__traceback__)
         raise _without_skip(exc)
@@ -160,10 +161,10 @@ def _run_compiled(opened: _Opened, close: Callable[[Any, Any, Any], Any]) -> Non
             _real(value)
 
 
-def _call_body(opened: _Opened) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Call the compiled body with the frame's variables: those variables, and the body's at its end."""
+def _call_body(opened: _Opened, namespace: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Call the compiled body with the frame's variables it takes (from namespace, what the block refers to):
+    those variables, and the body's at its end."""
     block, frame = opened.block, opened.frame
-    namespace = frames.read(frame)
     before = {name: namespace[name] for name in block.params if name in namespace}
     values = FunctionType(block.code, frame.f_globals, BODY, block.defaults)(Runtime(block.filename, save), **before)
     return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
