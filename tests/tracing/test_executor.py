@@ -56,3 +56,15 @@ def test_stop_before_anything_skips_the_forward(x):
     with model.trace(x) as tracer:
         tracer.stop()
     assert calls == []
+
+
+def test_calls_with_one_proxy_and_keywords_keep_the_keywords(tiny, net, x):
+    with tiny.trace(x):
+        hidden = tiny.layer1.output
+        top = torch.argmax(hidden, dim=-1).save()
+        total = hidden.sum(dim=0, keepdim=True).save()
+        scaled = torch.mul(hidden, 2.0).save()
+    expected = net.layer1(x)
+    assert torch.equal(top.value, torch.argmax(expected, dim=-1))
+    assert torch.equal(total.value, expected.sum(dim=0, keepdim=True))
+    assert torch.equal(scaled.value, expected * 2.0)

@@ -10,7 +10,7 @@ from typing import Any
 import einops
 import torch
 
-__all__ = ["Node", "user_line", "location", "describe_line", "LIBRARY_FILES"]
+__all__ = ["Node", "user_line", "where_of", "location", "describe_line", "LIBRARY_FILES"]
 
 # Frames from these folders are skipped when we look for the user's line.
 _LIBRARY_DIRS = tuple(
@@ -38,6 +38,13 @@ def user_line(frame: FrameType) -> tuple[Any, int]:
             break
         frame = frame.f_back
     return frame.f_code, frame.f_lasti
+
+
+def where_of(frame: FrameType) -> tuple[Any, int]:
+    """A node's `where` for an operation seen from frame: the frame itself when it is user code (the common
+    case, known from its file), else the first user frame above it."""
+    code = frame.f_code
+    return (code, frame.f_lasti) if LIBRARY_FILES.get(code.co_filename) is False else user_line(frame)
 
 
 def location(where: tuple | None) -> tuple[str, int] | None:

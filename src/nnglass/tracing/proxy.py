@@ -233,7 +233,7 @@ def _binary(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.call(fn, (self, other), sys._getframe(1))
+            return experiment.recorder.binary(fn, self, other, sys._getframe(1))
         return fn(self.value, value_of(other))
     return method
 
@@ -242,7 +242,7 @@ def _reflected(fn: Any) -> Any:
     def method(self: Proxy, other: Any) -> Any:
         experiment = self.experiment
         if experiment.building:
-            return experiment.recorder.call(fn, (other, self), sys._getframe(1))
+            return experiment.recorder.binary(fn, other, self, sys._getframe(1))
         return fn(value_of(other), self.value)
     return method
 

@@ -11,7 +11,7 @@ from . import compile
 from .errors import TraceError
 from .graph import Graph
 from .local import current, stack
-from .node import LIBRARY_FILES, Node, user_line
+from .node import Node, where_of
 from .patching import install_patches, pause_gc, remove_patches, resume_gc
 from .proxy import Proxy, new_proxy, set_experiment, set_node
 from .walk import map_leaves
@@ -182,11 +182,8 @@ class Tracer:
         guard = self.guard
         if guarded and guard is not None and guard not in deps:
             deps.append(guard)
-        frame = frame or sys._getframe(1)
-        code = frame.f_code
-        where = (code, frame.f_lasti) if LIBRARY_FILES.get(code.co_filename) is False else user_line(frame)
         node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, None if inside else tuple(refs),
-                                 where, self.current_invoke)
+                                 where_of(frame or sys._getframe(1)), self.current_invoke)
         if self.checker is not None:
             self.checker(node)
         return node
@@ -205,9 +202,52 @@ class Tracer:
         return Proxy(self.create(op, target, args, kwargs, True, frame or sys._getframe(1)), self.experiment)
 
     def call(self, target: Any, args: tuple, frame: FrameType) -> Proxy:
-        """`proxy("call_function", target, args)` from an operator of a proxy: the hot path of recording."""
+        """`proxy("call_function", target, args)` from an operator or torch function of a proxy: a hot path of
+        recording. Arguments that are all this graph's proxies or plain values need no walk."""
+        graph = self.graph
+        unwrapped, deps, refs = [], [], []
+        for position, arg in enumerate(args):
+            kind = type(arg)
+            if kind is Proxy and arg.node.graph is graph:
+                node = arg.node
+                unwrapped.append(node)
+                refs.append(position)
+                if node not in deps:
+                    deps.append(node)
+            elif kind in _PLAIN:
+                unwrapped.append(arg)
+            else:  # containers, proxies of other graphs or experiments
+                return self.proxy("call_function", target, args, None, frame)
+        return self._called(target, tuple(unwrapped), deps, tuple(refs), frame)
+
+    def binary(self, target: Any, left: Any, right: Any, frame: FrameType) -> Proxy:
+        """`left <op> right` with a proxy on one side: the hottest path of recording, so its cases are written
+        out (sides that are this graph's proxies or plain values; anything else goes through `call`)."""
+        graph = self.graph
+        if type(left) is Proxy and left.node.graph is graph:
+            if type(right) in _PLAIN:
+                node = left.node
+                return self._called(target, (node, right), [node], (0,), frame)
+            if type(right) is Proxy and right.node.graph is graph:
+                first, second = left.node, right.node
+                return self._called(target, (first, second), [first] if first is second else [first, second],
+                                    (0, 1), frame)
+        elif type(left) in _PLAIN and type(right) is Proxy and right.node.graph is graph:
+            node = right.node
+            return self._called(target, (left, node), [node], (1,), frame)
+        return self.call(target, (left, right), frame)
+
+    def _called(self, target: Any, args: tuple, deps: list[Node], refs: tuple[int, ...], frame: FrameType) -> Proxy:
+        """The proxy of a new call_function node whose node arguments (at refs) are deps."""
+        guard = self.guard
+        if guard is not None and guard not in deps:
+            deps.append(guard)
+        node = self.graph.create_node("call_function", target, args, None, deps, refs, where_of(frame),
+                                      self.current_invoke)
+        if self.checker is not None:
+            self.checker(node)
         proxy = new_proxy(Proxy)
-        set_node(proxy, self.create("call_function", target, args, None, True, frame))
+        set_node(proxy, node)
         set_experiment(proxy, self.experiment)
         return proxy
 
