@@ -13,7 +13,6 @@ from .walk import map_leaves
 __all__ = ["Interpreter", "Run", "WAIT"]
 
 WAIT = object()  # an op returns this when its value arrives later (from a hook)
-_FIRST = (0,)    # refs of a node whose only node argument is its first
 
 class Run:
     """What every interpreter of one experiment shares: its graphs, the saved results, how traces run."""
@@ -65,25 +64,25 @@ class Interpreter:
         nodes, ready, pop, execute, skipped = self.graph.nodes, self.ready, heapq.heappop, self.execute, self.skipped
         while ready:
             node = nodes[pop(ready)]
-            if not skipped or node not in skipped:
+            if node not in skipped:
                 execute(node)
 
     def execute(self, node: Node) -> None:
         """Run one node and hand its value to its users."""
         env = self.env
         try:
-            args, refs = node.args, node.refs
-            if refs is None or node.kwargs or node.op != "call_function":
-                value = self.generic(node)
-            elif refs == _FIRST:  # the hot path: `proxy <op> value`, without a method lookup
-                value = node.target(env[args[0]], *args[1:])
+            args, kwargs, refs = node.args, node.kwargs, node.refs
+            if refs is None:
+                lookup = lambda v: env[v] if type(v) is Node else v  # noqa: E731
+                args, kwargs = map_leaves(args, lookup), map_leaves(kwargs, lookup)
             elif refs:
                 args = list(args)
                 for position in refs:
                     args[position] = env[args[position]]
-                value = node.target(*args)
+            if node.op == "call_function":  # the hot path, without a method lookup
+                value = node.target(*args, **kwargs) if kwargs else node.target(*args)
             else:
-                value = node.target(*args)
+                value = getattr(self, node.op)(node, *args, **kwargs)
         except Exception as exc:
             if getattr(exc, "nnglass_node", None) is not None:
                 raise
@@ -91,32 +90,17 @@ class Interpreter:
         if value is not WAIT:
             self.complete(node, value)
 
-    def generic(self, node: Node) -> Any:
-        """A node's value, its arguments looked up in the env (also inside containers) and its op a method."""
-        env = self.env
-        args, kwargs, refs = node.args, node.kwargs, node.refs
-        if refs is None:
-            lookup = lambda v: env[v] if type(v) is Node else v  # noqa: E731
-            args, kwargs = map_leaves(args, lookup), map_leaves(kwargs, lookup)
-        elif refs:
-            args = list(args)
-            for position in refs:
-                args[position] = env[args[position]]
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        return getattr(self, node.op)(node, *args, **kwargs)
-
     def complete(self, node: Node, value: Any) -> None:
         """Store node's value, wake users whose inputs are all there, free inputs at their last use."""
         env = self.env
         env[node] = value
         if node.saved:
             self.results[node] = value
-        waiting = self.waiting
+        waiting, ready = self.waiting, self.ready
         for user in node.users:
             count = waiting[user] = waiting[user] - 1
             if count == 0:
-                heapq.heappush(self.ready, user)
+                heapq.heappush(ready, user)
         uses, keep = self.uses, self.keep
         for dep in node.deps:
             count = uses[dep.index] = uses[dep.index] - 1
