@@ -79,3 +79,34 @@ def test_a_gradient_edit_before_a_plain_backward_applies_to_that_pass_only(train
     trainable(x).sum().backward()         # one untouched pass by hand
     assert torch.allclose(in_trace[0], trainable.layer1.weight.grad)
     assert torch.allclose(in_trace[1], 2 * trainable.layer2.weight.grad)
+
+
+def test_the_gradient_of_a_view_made_in_the_trace_is_cut_from_its_tensors(trainable):
+    """`output[:, 2:5].grad` (a view off the loss's path, as GPT-2's `output[0]` is under transformers 5):
+    each invoke gets its rows of the gradient at those columns, as by hand on that invoke alone."""
+    model = NNsight(trainable)
+    torch.manual_seed(2)
+    inputs = [torch.rand(1, 5), torch.rand(2, 5)]
+    with model.trace() as tracer:
+        grads = []
+        for x in inputs:
+            with tracer.invoke(x):
+                columns = model.layer1.output[:, 2:5]
+                with model.output.sum().backward(retain_graph=True):
+                    grads.append(columns.grad.save())
+    for grad, x in zip(grads, inputs):
+        assert torch.allclose(grad.value, by_hand(trainable, x, [lambda o: o.sum()])[0][:, 2:5])
+
+
+def test_an_edit_of_a_views_gradient_reaches_the_model(trainable, x):
+    model = NNsight(trainable)
+    with model.trace(x):
+        model.layer1.output[:, 2:5].grad = torch.zeros(1, 3)
+        model.output.sum().backward()
+    in_trace = trainable.layer1.weight.grad.clone()
+    trainable.zero_grad()
+    hidden = trainable.layer1(x)
+    hidden.register_hook(lambda g: torch.cat([g[:, :2], torch.zeros(1, 3), g[:, 5:]], dim=1))
+    trainable.layer2(hidden).sum().backward()
+    assert torch.allclose(in_trace, trainable.layer1.weight.grad)
+    assert torch.equal(in_trace[2:5], torch.zeros(3, 5)) and not torch.equal(in_trace[:2], torch.zeros(2, 5))

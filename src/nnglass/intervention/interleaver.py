@@ -393,25 +393,40 @@ class Interleaver(Interpreter):
         self.originals.clear()
 
     def grad(self, node: Node, tensor: torch.Tensor, backward: int | None = None) -> Any:
-        _, full, start, stop = self.sources.get(id(tensor), (None, tensor, None, None))
-        self.handles.append(full.register_hook(lambda g: self.fire_grad(node, g, backward, start, stop)))
+        full, view = self.grad_source(node, tensor)
+        self.handles.append(full.register_hook(lambda g: self.fire_grad(node, g, backward, view)))
         return WAIT
 
-    def fire_grad(self, node: Node, grad: torch.Tensor, backward: int | None,
-                  start: int | None, stop: int | None) -> Any:
-        """A gradient arrived: give the grad node its rows, run what is ready, return the edited gradient."""
+    def grad_source(self, node: Node, tensor: torch.Tensor) -> tuple[torch.Tensor, Callable | None]:
+        """The tensor whose gradient to hook for `tensor.grad`, and how to cut tensor's part out of it.
+
+        An invoke's rows are a slice of the batch; a view made in the trace (`output[0]`, `output[:, -1]`) is
+        off the loss's path, so its gradient is cut from that of the tensor it views, as autograd would give it.
+        """
+        _, full, start, stop = self.sources.get(id(tensor), (None, None, None, None))
+        if full is not None:
+            return full, lambda g: g[start:stop]
+        made_here = node.args[0].op not in EVENTS
+        if made_here and tensor._is_view() and tensor._base.requires_grad:
+            return tensor._base, tensor._view_func
+        return tensor, None
+
+    def fire_grad(self, node: Node, grad: torch.Tensor, backward: int | None, view: Callable | None) -> Any:
+        """A gradient arrived: give the grad node its part, run what is ready, return the edited gradient."""
         if threading.get_ident() != self.thread or backward not in (None, self.backward_pass):
             return None
-        part = grad if start is None else grad[start:stop]
+        part = grad if view is None else view(grad)
         if node in self.edits:
             part = part.clone()  # hooks must not edit their argument
         self.give(node, part)
         self.drain()
         self.check_edits(node)
         new = self.swaps.pop(node, part if node in self.edits else None)
-        if new is None:
-            return None
-        return new if start is None else torch.cat([grad[:start], new.to(grad.dtype), grad[stop:]])
+        if new is None or view is None:
+            return new
+        whole = grad.clone()
+        view(whole).copy_(new.to(grad.dtype))
+        return whole
 
     def backward(self, node: Node, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # Nodes already waiting to run stay parked: inside the backward pass only what the
