@@ -212,7 +212,8 @@ def test_cache_is_saved_and_keyed_by_module_path_with_aliases(hf, tok):
     finally:
         for hook in hooks:
             hook.remove()
-    assert set(cache.keys()) == {"model.layers.0", "lm_head"}
+    assert set(cache.keys()) == {"model.model.layers.0", "model.lm_head"}
+    assert set(cache.keys(alias=True)) == {"model.layers.0", "model.lm_head"}  # as the renamed model spells them
     for key in ("model.layers.0", "layers.0", "model.model.layers.0"):
         torch.testing.assert_close(cache[key].output, expected["out"])
     torch.testing.assert_close(cache.layers[0].output, expected["out"])
@@ -248,7 +249,7 @@ def test_cache_in_generate_holds_a_list_of_entries_one_per_step(model, hf, tok, 
     assert isinstance(entries, list) and len(entries) == STEPS
     for entry, expected in zip(entries, seen):
         torch.testing.assert_close(entry.output, expected)
-    with pytest.raises(AttributeError, match=r"ran 3 times.*cache\['model.layers.1'\]\[0\].output"):
+    with pytest.raises(AttributeError, match=r"ran 3 times.*cache\['model.model.layers.1'\]\[0\].output"):
         cache.model.layers[1].output
 
 
@@ -294,7 +295,7 @@ def test_cache_modules_by_path_with_nnsights_root_prefix(gpt2, tok, remote):
                                       "model.transformer.h.1.attn.c_proj", "transformer.ln_f"])
     expected = gpt2_outputs(gpt2, tok, "transformer.h.0.mlp", "lm_head", "transformer.h.1.attn.c_proj",
                             "transformer.ln_f")
-    assert set(cache.keys()) == set(expected)
+    assert set(cache.keys()) == {"model." + path for path in expected}
     for path, out in expected.items():
         torch.testing.assert_close(cache["model." + path].output, out)
 
@@ -302,7 +303,7 @@ def test_cache_modules_by_path_with_nnsights_root_prefix(gpt2, tok, remote):
 def test_cache_modules_by_path_of_a_model_with_a_model_child(model, hf, tok):
     with model.trace(PROMPT) as tracer:
         cache = tracer.cache(modules=["model.layers.0", "model.model.layers.1"])
-    assert set(cache.keys()) == {"model.layers.0", "model.layers.1"}
+    assert set(cache.keys()) == {"model.model.layers.0", "model.model.layers.1"}
     with pytest.raises(AttributeError, match="'model' has no submodule 'model'"):
         with model.trace(PROMPT) as tracer:
             tracer.cache(modules=["model.model.model.layers.0"])
@@ -313,7 +314,7 @@ def test_cache_lookups_with_an_alias_named_model(gpt2, tok):
     with model.trace(PROMPT) as tracer:
         cache = tracer.cache(modules=["model.model.h.0", "mdl.h.1"])
     expected = gpt2_outputs(gpt2, tok, "transformer.h.0", "transformer.h.1")
-    assert set(cache.keys()) == set(expected)
+    assert set(cache.keys()) == {"model." + path for path in expected}
     for key in ("transformer.h.0", "model.transformer.h.0", "model.h.0", "model.model.h.0", "mdl.h.0"):
         torch.testing.assert_close(cache[key].output, expected["transformer.h.0"])
     torch.testing.assert_close(cache.model.model.h[1].output, expected["transformer.h.1"])

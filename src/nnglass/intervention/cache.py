@@ -1,4 +1,4 @@
-"""Cache: module outputs (and inputs) collected during a trace, keyed by original module path."""
+"""Cache: module outputs (and inputs) collected during a trace, keyed by envoy path (`model.` + module path)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ import torch
 
 from ..tracing.walk import map_leaves
 
-__all__ = ["Cache", "Entry", "put", "aliases_of", "resolve", "entries_of", "from_entries"]
+__all__ = ["Cache", "Entry", "put", "aliases_of", "resolve", "key_of", "entries_of", "from_entries"]
 
 
 class Entry:
@@ -31,9 +31,10 @@ class Entry:
 
 
 class Cache(dict):
-    """Entries by module path (`cache["model.layers.0"]`), also by attribute (`cache.model.layers[0]`).
+    """Entries keyed as nnsight keys them, by envoy path from the root `model` (`cache["model.model.layers.0"]`),
+    also by attribute (`cache.model.model.layers[0]`).
 
-    Lookups also take renamed aliases (`cache["layers.0"]`) and nnsight 0.5's root name (`"model.model.layers.0"`).
+    Lookups also take the path below the root (`cache["model.layers.0"]`) and renamed aliases (`cache["layers.0"]`).
     A module that ran once has an Entry; one that ran more often (generation steps) a list, one Entry per call.
     Values are stored detached, as `dtype`, on `device` (None: as they are).
     """
@@ -49,17 +50,29 @@ class Cache(dict):
         return _Path(self, name)
 
     def __getitem__(self, path: str) -> Entry | list[Entry]:
-        return super().__getitem__(self.resolve(path))
+        return super().__getitem__(self.key(path))
 
     def __contains__(self, path: object) -> bool:
-        return isinstance(path, str) and super().__contains__(self.resolve(path))
+        return isinstance(path, str) and super().__contains__(self.key(path))
 
     def get(self, path: str, default: Any = None) -> Any:
-        return super().get(self.resolve(path), default)
+        return super().get(self.key(path), default)
 
-    def resolve(self, path: str) -> str:
-        """The original module path of a path that may use aliases or start with nnsight's root `model`."""
-        return resolve(path, self.paths or set(self), self.aliases)
+    def keys(self, alias: bool = False) -> Any:
+        """The keys; with alias=True, as the renamed model spells them (nnsight's `keys(alias=True)`)."""
+        if not alias:
+            return super().keys()
+        return [key_of(_renamed(self.original(key), self.aliases)) for key in self]
+
+    def key(self, path: str) -> str:
+        """The key of a module path as spelled (with or without the root `model`, by alias)."""
+        if super().__contains__(path):
+            return path
+        return key_of(self.original(path))
+
+    def original(self, path: str) -> str:
+        """The original module path (below the root, "" for the root) of a path as spelled."""
+        return resolve(path, self.paths or {_below_root(key) for key in self}, self.aliases)
 
     def stored(self, value: Any) -> Any:
         """value as the cache keeps it (detached, converted, moved)."""
@@ -80,10 +93,10 @@ class _Path:
 
     def __init__(self, cache: Cache, spelled: str) -> None:
         self._cache, self._spelled = cache, spelled
-        self._path = path = cache.resolve(spelled)
-        known = cache.paths or set(cache)
+        self._path = path = cache.key(spelled)
+        known = {key_of(p) for p in cache.paths} or set(cache)
         if not any(p == path or p.startswith(path + ".") for p in known):
-            raise AttributeError(f"The model has no module '{path}'; cached modules: {sorted(cache)[:8]}"
+            raise AttributeError(f"The model has no module '{spelled}'; cached modules: {sorted(cache)[:8]}"
                                  f"{' ...' if len(cache) > 8 else ''}")
 
     def __getattr__(self, name: str) -> Any:
@@ -112,12 +125,14 @@ class _Path:
 
 
 def put(cache: Cache, path: str, kind: str, value: Any) -> None:
-    """Store one module's output or inputs as it fires (a graph node runs this); its second call makes a list."""
-    entries = entries_of(cache.get(path))
+    """Store one module's output or inputs (path: original module path) as it fires (a graph node runs this);
+    its second call makes a list."""
+    key = key_of(path)
+    entries = entries_of(dict.get(cache, key))
     if not entries or getattr(entries[-1], kind) is not None:
         entries.append(Entry())
     setattr(entries[-1], kind, cache.stored(value))
-    cache[path] = from_entries(entries)
+    cache[key] = from_entries(entries)
 
 
 def entries_of(entry: Entry | list[Entry] | None) -> list[Entry]:
@@ -128,6 +143,23 @@ def entries_of(entry: Entry | list[Entry] | None) -> list[Entry]:
 def from_entries(entries: list[Entry]) -> Entry | list[Entry]:
     """What the cache holds for a module's calls: one Entry, else the list of them (nnsight's shape)."""
     return entries[0] if len(entries) == 1 else entries
+
+
+def key_of(path: str) -> str:
+    """nnsight's key of an original module path: its envoy path from the root `model`."""
+    return f"model.{path}" if path else "model"
+
+
+def _below_root(key: str) -> str:
+    return key[6:] if key.startswith("model.") else ""
+
+
+def _renamed(path: str, aliases: Any) -> str:
+    """path with the longest original prefix that has an alias replaced by it."""
+    for alias, original in sorted(aliases, key=lambda pair: -len(pair[1])):
+        if path == original or path.startswith(original + "."):
+            return alias + path[len(original):]
+    return path
 
 
 def resolve(path: str, known: Any, aliases: Any) -> str:
