@@ -498,30 +498,52 @@ def test_print_with_keywords_of_a_proxy(tiny, x):
             print(tiny.output, sep=", ")
 
 
-def test_a_variable_set_in_both_branches_of_a_proxy_if(tiny, net, x):
+@pytest.mark.parametrize("threshold", [-1e6, 1e6])
+def test_a_variable_set_in_both_branches_of_a_proxy_if_holds_the_taken_branchs_value(tiny, net, x, threshold):
     with tiny.trace(x):
-        if tiny.layer1.output.sum() > -1e6:
-            h = tiny.layer1.output
-            tiny.layer1.output[:] = h * 2
+        hidden = tiny.layer1.output
+        if hidden.sum() > threshold:
+            scaled = hidden * 2
+            label = "doubled"
         else:
-            h = tiny.layer1.output
-            tiny.layer1.output[:] = h * 0
-        out = tiny.output.save()
-    assert torch.allclose(out, eager(net, x, lambda h: h * 2)[0])  # fine while it is not used after the if
-    with pytest.raises(TraceError, match=rf"{line_of('both branches')}: `out` is set in both branches"):
-        with tiny.trace(x):
-            if tiny.output.sum() > 0:  # both branches
-                out = tiny.output * 1
-            else:
-                out = tiny.output * 2
-            out.save()
-    with pytest.raises(TraceError, match="`out` is set in both branches"):
-        with tiny.trace(x):
-            if tiny.output.sum() > 0:
-                out = tiny.output * 1
-            else:
-                out = tiny.output * 2
-            nnglass.save(out)
+            scaled = hidden * 3
+            label = "tripled"
+        scaled, label = nnglass.save(scaled), nnglass.save(label)
+    taken = net.layer1(x).sum() > threshold
+    assert torch.equal(scaled, net.layer1(x) * (2 if taken else 3))
+    assert label == ("doubled" if taken else "tripled")
+
+
+@pytest.mark.parametrize("threshold", [-1e6, 1e6])
+def test_a_variable_set_in_one_branch_keeps_its_earlier_value_where_that_branch_did_not_run(tiny, net, x, threshold):
+    with tiny.trace(x):
+        out = tiny.output
+        if tiny.layer1.output.sum() > threshold:
+            out = out * 10
+        out = out.save()
+        total = 0
+        if tiny.layer1.output.sum() <= threshold:
+            pass
+        else:
+            total = total + tiny.output.sum()
+        total = nnglass.save(total)
+    taken = net.layer1(x).sum() > threshold
+    assert torch.equal(out, net(x) * 10 if taken else net(x))
+    assert torch.equal(torch.as_tensor(total), net(x).sum() if taken else torch.tensor(0))
+
+
+def test_a_merged_variable_in_a_session_and_remote(tiny, net, x):
+    def run(remote):
+        with tiny.session(remote=remote):
+            with tiny.trace(x):
+                if tiny.layer1.output.sum() > 1e6:
+                    hidden = tiny.layer1.output * 0
+                else:
+                    hidden = tiny.layer1.output + 1
+                hidden = hidden.save()
+        return hidden
+    assert torch.equal(run(False), net.layer1(x) + 1)
+    assert torch.equal(run("local"), net.layer1(x) + 1)
 
 
 def test_a_variable_set_in_both_branches_of_a_plain_if(tiny, net, x):

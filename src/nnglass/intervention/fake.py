@@ -267,6 +267,9 @@ class Fake(Interleaver):
     def cond(self, node: Node, condition: Any) -> bool:
         return True
 
+    def pick(self, node: Node, test: Any, then: Any, otherwise: Any) -> Any:
+        return then  # both branches were recorded: either value has the shapes the scan can tell
+
     def stop(self, node: Node, *_: Any) -> None:
         return None
 

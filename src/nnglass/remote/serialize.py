@@ -9,7 +9,7 @@ from ..intervention.backend import run_experiment
 from ..intervention.source import ensure
 from ..tracing.compile import variables
 from ..tracing.graph import Graph
-from ..tracing.node import Node, location
+from ..tracing.node import OWN_ARGS, Node, location
 from ..tracing.patching import originals
 from ..tracing.proxy import Proxy
 from . import allowlist
@@ -19,7 +19,7 @@ from .values import Decoder, Encoder
 WIRE_VERSION = 2
 _MODULE_OPS = ("output", "inputs", "call_module", "skip_module", "parameter")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
-              "backward", "log", "cond", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
+              "backward", "log", "cond", "pick", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
 _KINDS = ("trace", "session", "loop")
 _METHODS = ("forward", "generate")
 
@@ -230,7 +230,7 @@ def _shell(graph: Graph, spec: dict) -> Node:
     invoke = spec.get("invoke")
     if invoke is not None and type(invoke) is not int:
         raise WireError("a node's invoke must be an integer")
-    node = graph.create_node(op, None, (), {}, [], None,
+    node = graph.create_node(op, None, (), {}, [], () if op in OWN_ARGS else None,
                              (str(where[0]), int(where[1])) if where else None, invoke)
     node.saved = bool(spec.get("saved"))
     return node

@@ -52,7 +52,7 @@ from . import frames
 from .errors import TraceError
 from .proxy import Proxy
 from .rewrite import BODY, Unsupported, compile_body, saves_plain, stored, walk_scope
-from .runtime import UNSET, Runtime, Unmerged
+from .runtime import UNSET, Runtime
 
 __all__ = ["enter", "exit", "save", "variables"]
 
@@ -121,8 +121,6 @@ def save(value: Any) -> Any:
     """`nnglass.save(obj)`: a proxy is saved now; every proxy inside a container when its block ends."""
     if isinstance(value, Proxy):
         return value.save()
-    if isinstance(value, Unmerged):  # set in both branches of an `if` on a proxy: it has no one value
-        value.fail()
     stack = _opened()
     if stack:
         stack[-1].pending.append(value)
@@ -235,15 +233,15 @@ if not hasattr(torch.Tensor, "value"):
 
 
 def _as_real(proxy: Proxy) -> Any:
-    """A finished proxy's real value where that value can also answer `.value`; else the proxy."""
+    """A finished proxy's real value where that value can also answer `.value` (or is None); else the proxy."""
     if proxy.experiment.building or not proxy.node.saved:
         return proxy
     try:
         value = proxy.value
     except ValueError:
         return proxy
-    if isinstance(value, torch.Tensor):
-        return value
+    if value is None or isinstance(value, torch.Tensor):
+        return value  # None has no `.value` to give (a variable merged after an `if` may hold it)
     saved = _saved(value)
     return saved if saved is not None else proxy
 

@@ -110,22 +110,22 @@ class Interpreter:
     def skip(self, node: Node) -> None:
         """Mark everything that depends on node as never running (a false condition)."""
         nodes = self.graph.nodes
-        todo = [nodes[i] for i in node.users]
+        todo = [(nodes[i], node) for i in node.users]
         while todo:
-            user = todo.pop()
+            user, source = todo.pop()
             if user in self.skipped or user in self.env:
                 continue
             if user.op in self.neutral:  # done, with no effect: what reads past it still runs
                 self.skipped.add(user)
                 self.complete(user, None)
                 continue
-            if user.op == "stop" and user.target == "barrier":  # a barrier waits for what runs, not what is skipped
-                self.waiting[user.index] -= 1
+            if user.op == "stop" and user.target == "barrier" or user.op == "pick" and _is_choice(source, user):
+                self.waiting[user.index] -= 1  # waits for what runs, not for what is skipped
                 if self.waiting[user.index] == 0:
                     heapq.heappush(self.ready, user.index)
                 continue
             self.skipped.add(user)
-            todo.extend(nodes[i] for i in user.users)
+            todo.extend((nodes[i], user) for i in user.users)
 
     def subgraph(self, node: Node) -> tuple[Graph, dict]:
         """The graph a node runs (by id) and its initial env: the outer values it reads."""
@@ -160,6 +160,12 @@ class Interpreter:
             self.skip(node)
             return False
         return True
+
+    def pick(self, node: Node, test: Any, then: Any, otherwise: Any) -> Any:
+        """A variable set in a branch of an `if` on a proxy, after it: its value from the branch that ran."""
+        env = self.env
+        lookup = lambda v: env[v] if type(v) is Node else v  # noqa: E731
+        return map_leaves(then if lookup(test) else otherwise, lookup)
 
     def stop(self, node: Node, *_: Any) -> None:
         self.stop_requested = True
@@ -196,3 +202,10 @@ def run_graph(graph: Graph, run: Run, scope: str = "session") -> dict:
         if exit.scope != scope:
             raise
         return {}
+
+
+def _is_choice(source: Node, pick: Node) -> bool:
+    """Whether source is (inside) one of the values a `pick` node chooses from, rather than its test or guard."""
+    found: list[bool] = []
+    map_leaves(pick.args[1:], lambda v: found.append(v is source))
+    return any(found)

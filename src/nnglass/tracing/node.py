@@ -10,7 +10,10 @@ from typing import Any
 import einops
 import torch
 
-__all__ = ["Node", "user_line", "where_of", "location", "describe_line", "LIBRARY_FILES"]
+__all__ = ["Node", "OWN_ARGS", "user_line", "where_of", "location", "describe_line", "LIBRARY_FILES"]
+
+# Ops that look up their own arguments (`pick`: the branch not taken has no value); their refs are ().
+OWN_ARGS = frozenset({"pick"})
 
 # Frames from these folders are skipped when we look for the user's line.
 _LIBRARY_DIRS = tuple(

@@ -96,6 +96,11 @@ def _unset_prologue(names: tuple[str, ...]) -> list[ast.stmt]:
                    [ast.Delete([ast.Name(n, ast.Del())])], []) for n in names]
 
 
+def _name_error() -> ast.ExceptHandler:
+    """`except NameError: pass`."""
+    return ast.ExceptHandler(_name("NameError"), None, [ast.Pass()])
+
+
 def _name(name: str) -> ast.Name:
     return ast.Name(name, ast.Load())
 
@@ -152,21 +157,32 @@ class _Rewriter(ast.NodeTransformer):
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
 
     def visit_If(self, node: ast.If) -> list[ast.stmt]:
-        """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`."""
+        """`if c: A else: B` -> `with rt.branch(c) as b: (if b.then(): A) (if b.orelse(): B)`; each variable
+        either branch sets is noted before and after A, and merged after the if (on a proxy, by the branch that ran)."""
         name = self.fresh("branch")
-        both = sorted(stored(node.body) & stored(node.orelse))  # cannot be merged after a proxy condition
+        in_then, in_else = stored(node.body), stored(node.orelse)
+        names = sorted(in_then | in_else)
         test = self.truth(self.visit(node.test))
-        body = [ast.If(_call(_attr(_name(name), "then"), []), self.block(node.body), [])]
+        then = self.block(node.body) + [self.noted(node, name, "kept", var) for var in sorted(in_then)]
+        body = [*(self.noted(node, name, "before", var) for var in names),
+                ast.If(_call(_attr(_name(name), "then"), []), then, [])]
         if node.orelse:
             body.append(ast.If(_call(_attr(_name(name), "orelse"), []), self.block(node.orelse), []))
         call = _runtime("branch", test, ast.Constant(node.lineno))
-        return [self.within(node, call, name, body), *(self.merged(node, name, var) for var in both)]
+        merges = [self.merged(node, name, var, var in in_then, var in in_else) for var in names]
+        return [self.within(node, call, name, body), *merges]
 
-    def merged(self, node: ast.If, branch: str, var: str) -> ast.Try:
-        """`try: var = b.merged("var", var) except NameError: pass`, after an if that sets var in both branches."""
-        value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var)])
-        handler = ast.ExceptHandler(_name("NameError"), None, [ast.Pass()])
-        return ast.copy_location(ast.Try([ast.Assign([ast.Name(var, ast.Store())], value)], [handler], [], []), node)
+    def noted(self, node: ast.If, branch: str, method: str, var: str) -> ast.Try:
+        """`try: b.<method>("var", var) except NameError: pass` (a variable not set yet is not noted)."""
+        call = ast.Expr(_call(_attr(_name(branch), method), [ast.Constant(var), _name(var)]))
+        return ast.copy_location(ast.Try([call], [_name_error()], [], []), node)
+
+    def merged(self, node: ast.If, branch: str, var: str, in_then: bool, in_else: bool) -> ast.Try:
+        """`try: var = b.merged("var", var, in_then, in_else) except NameError: pass`, after the if."""
+        flags = [ast.Constant(in_then), ast.Constant(in_else)]
+        value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var), *flags])
+        assign = ast.Assign([ast.Name(var, ast.Store())], value)
+        return ast.copy_location(ast.Try([assign], [_name_error()], [], []), node)
 
     def visit_For(self, node: ast.For) -> ast.With:
         """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""

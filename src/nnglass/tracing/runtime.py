@@ -11,7 +11,7 @@ from .local import current
 from .errors import TraceError
 from .proxy import Proxy
 
-__all__ = ["Runtime", "Branch", "Loop", "UNSET", "Unmerged"]
+__all__ = ["Runtime", "Branch", "Loop", "UNSET"]
 
 UNSET = object()   # a parameter of a compiled body whose variable did not exist
 
@@ -147,36 +147,6 @@ def _convert(value: Any, conversion: int) -> Any:
     return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
 
 
-class Unmerged:
-    """What a variable set in both branches of an `if` on a proxy holds afterwards: any use raises."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        object.__setattr__(self, "message", message)
-
-    def fail(self, *args: Any, **kwargs: Any) -> Any:
-        raise TraceError(self.message)
-
-    def __getattr__(self, name: str) -> Any:
-        self.fail()
-
-    @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        next(a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Unmerged)).fail()
-
-    def __repr__(self) -> str:
-        return f"<unusable: {self.message}>"
-
-
-for _name_ in ("setattr", "getitem", "setitem", "call", "bool", "iter", "len", "format", *(
-        f"{r}{op}" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
-                              "xor", "lshift", "rshift") for r in ("", "r", "i")),
-        "lt", "le", "eq", "ne", "gt", "ge", "neg", "pos", "abs", "invert", "index", "int", "float"):
-    setattr(Unmerged, f"__{_name_}__", Unmerged.fail)
-del _name_
-
-
 class Branch:
     """`if` in a compiled body: a condition of the graph on a proxy, a plain `if` otherwise."""
 
@@ -188,6 +158,7 @@ class Branch:
         self.condition: Any = None
         self.in_else = False
         self.jumps: list[tuple[Loop, str, bool]] = []   # (loop, "break"/"continue", from the else-branch)
+        self.values: dict[str, dict[str, Any]] = {"before": {}, "kept": {}}  # variables before / after the if-branch
 
     def __enter__(self) -> Branch:
         return self
@@ -219,11 +190,26 @@ class Branch:
             self.condition = None
             self.runtime.branches.pop()
 
-    def merged(self, name: str, value: Any) -> Any:
-        """A variable set in both branches: its value after a plain `if`; unusable after one on a proxy."""
-        return Unmerged(f"{self.where}`{name}` is set in both branches of this `if` on a proxy, and the graph "
-                         f"keeps no merged value: use it inside each branch, or set it once with "
-                         f"`torch.where(<condition>, a, b)`.") if self.on_proxy else value
+    def before(self, name: str, value: Any) -> None:
+        """Note a variable's value before the if."""
+        self.values["before"][name] = value
+
+    def kept(self, name: str, value: Any) -> None:
+        """Note a variable's value at the end of the if-branch."""
+        self.values["kept"][name] = value
+
+    def merged(self, name: str, value: Any, in_then: bool, in_else: bool) -> Any:
+        """A variable either branch sets, after the if: as it is after a plain `if`; after one on a proxy, the
+        value of the branch that ran (a graph node). Unset before and in one branch, it stays as Python leaves it."""
+        if not self.on_proxy:
+            return value
+        before = self.values["before"].get(name, UNSET)
+        then = self.values["kept"].get(name, UNSET) if in_then else before
+        otherwise = value if in_else else before
+        if then is UNSET or otherwise is UNSET or then is otherwise:
+            return value
+        picked = current().proxy("pick", None, (self.test, then, otherwise))
+        return picked.save() if _saved(then) or _saved(otherwise) else picked  # `y = x.save()` in a branch
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
         """Close the condition; a loop left by `break`/`continue` in a branch goes on only where it was not taken."""
@@ -326,3 +312,7 @@ class Loop:
         self.runtime.loops.pop()
         if self.iterator is not None:
             self.iterator.__exit__(*exc)
+
+
+def _saved(value: Any) -> bool:
+    return isinstance(value, Proxy) and value.node.saved

@@ -11,7 +11,7 @@ from . import compile
 from .errors import TraceError
 from .graph import Graph
 from .local import current, stack
-from .node import Node, where_of
+from .node import OWN_ARGS, Node, where_of
 from .patching import install_patches, pause_gc, remove_patches, resume_gc
 from .proxy import Proxy, new_proxy, set_experiment, set_node
 from .walk import map_leaves
@@ -182,7 +182,8 @@ class Tracer:
         guard = self.guard
         if guarded and guard is not None and guard not in deps:
             deps.append(guard)
-        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, None if inside else tuple(refs),
+        refs = () if op in OWN_ARGS else None if inside else tuple(refs)
+        node = graph.create_node(op, target, tuple(unwrapped), kwargs, deps, refs,
                                  where_of(frame or sys._getframe(1)), self.current_invoke)
         if self.checker is not None:
             self.checker(node)
