@@ -379,3 +379,33 @@ def test_skip_under_a_condition(tiny, net, x, scale):
         out = tiny.output.save()
     hidden = net.layer1(x * scale)
     torch.testing.assert_close(out, torch.zeros(1, 2) if hidden.sum() > 0 else net.layer2(hidden))
+
+
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_the_streamer_gives_the_prompt_then_one_token_per_step(model, hf, tok, remote):
+    with model.generate([PROMPT, "Hello"], max_new_tokens=STEPS, remote=remote) as tracer:
+        chunks = nnsight.save([])
+        for step in tracer.iter[:STEPS]:
+            chunks.append(model.generator.streamer.output)
+        ids = tracer.result.save()
+    prompt = ids.shape[1] - STEPS  # the ids themselves are checked against transformers' generate above
+    assert len(chunks) == STEPS and torch.equal(chunks[0], ids[:, :prompt])
+    assert all(torch.equal(chunk, ids[:, prompt + i]) for i, chunk in enumerate(chunks[1:]))
+
+
+def test_the_users_own_streamer_still_gets_every_chunk(model, hf, tok):
+    class Collect:
+        def __init__(self):
+            self.chunks, self.ended = [], False
+
+        def put(self, ids):
+            self.chunks.append(ids)
+
+        def end(self):
+            self.ended = True
+
+    mine = Collect()
+    with model.generate(PROMPT, max_new_tokens=STEPS, streamer=mine) as tracer:
+        ids = tracer.result.save()
+    assert mine.ended and len(mine.chunks) == STEPS + 1
+    assert torch.equal(torch.cat([mine.chunks[0][0], *mine.chunks[1:]]), ids[0])

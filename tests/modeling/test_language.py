@@ -282,7 +282,7 @@ def test_print_shows_the_module_tree_with_the_generator(tiny_dirs):
     text = repr(LanguageModel(tiny_dirs["gpt2"]))
     assert text.startswith("GPT2LMHeadModel(")
     assert "(h): ModuleList(" in text
-    assert text.rstrip().endswith("(generator): WrapperModule()\n)")
+    assert text.rstrip().endswith("(generator): WrapperModule(\n    (streamer): WrapperModule()\n  )\n)")
 
 
 # -- the walkthrough's cells on SmolLM2 ---------------------------------------------------------------------

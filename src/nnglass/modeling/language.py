@@ -40,6 +40,7 @@ class LanguageModel(NNsight):
         self._load_kwargs = kwargs
         module = model if loaded else _meta_model(self._automodel, self._source, kwargs)
         self._generator = WrapperModule()  # ours, not added to the user's model
+        self._generator.streamer = WrapperModule()  # the prompt's ids, then each step's new tokens
         self._prepare(module)
         super().__init__(module, rename, envoys)
         self._mount_generator()
@@ -81,13 +82,16 @@ class LanguageModel(NNsight):
         """Add hook points a subclass needs to a model just built or loaded (none here)."""
 
     def _mount_generator(self) -> None:
-        """`model.generator`: a hook point for the generated ids, next to the model's own modules."""
+        """`model.generator` (the generated ids) and `model.generator.streamer` (the ids as they come): hook
+        points next to the model's own modules."""
         self._modules_by_path["generator"] = self._generator
+        self._modules_by_path["generator.streamer"] = self._generator.streamer
         self._children["generator"] = Envoy(self._generator, "generator")
 
     def __repr__(self) -> str:
         """The model's module tree, with the generator at the end (as nnsight prints it)."""
-        return repr(self._model)[:-1] + f"  (generator): {self._generator!r}\n)"
+        generator = repr(self._generator).replace("\n", "\n  ")  # indented as torch prints children
+        return repr(self._model)[:-1] + f"  (generator): {generator}\n)"
 
     # -- running ------------------------------------------------------------------------------------
     def trace(self, *inputs: Any, trace: bool = True, scan: bool = False, validate: bool = False,
@@ -212,6 +216,8 @@ class LanguageModel(NNsight):
         kwargs.setdefault("pad_token_id", self._pad_id)
         inputs = self._on_device(input_ids=input_ids, attention_mask=attention_mask,
                                  inputs_embeds=kwargs.pop(tokens.EMBEDS, None))
+        if self._copies(kwargs)[0] == 1:  # transformers streams no beam search
+            kwargs["streamer"] = _Relay(self._generator.streamer, kwargs.get("streamer"))
         output = self._model.generate(**inputs, **kwargs)
         return self._generator(output)
 
@@ -231,6 +237,23 @@ class LanguageModel(NNsight):
         """The given inputs moved to the model's (first) device, meta included (scans of a model not loaded yet)."""
         device = self._model.device
         return {name: t.to(device) for name, t in tensors.items() if t is not None}
+
+
+class _Relay:
+    """The streamer `generate` is given: each `put` of ids goes through the `generator.streamer` hook point,
+    then on to the user's own streamer, if any."""
+
+    def __init__(self, module: torch.nn.Module, streamer: Any) -> None:
+        self.module, self.streamer = module, streamer
+
+    def put(self, ids: torch.Tensor) -> None:
+        ids = self.module(ids)
+        if self.streamer is not None:
+            self.streamer.put(ids)
+
+    def end(self) -> None:
+        if self.streamer is not None:
+            self.streamer.end()
 
 
 def _split(kwargs: dict, method: str) -> tuple[dict, dict]:
