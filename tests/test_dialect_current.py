@@ -181,7 +181,8 @@ def test_generate_with_a_conditional_edit_on_the_first_step(model, hf, tok):
 
 def test_modules_lists_envoys_with_nnsight_paths(model, hf, tok):
     paths = [m.path for m in model.modules()]
-    expected = [f"model.{n}" if n else "model" for n, _ in hf.named_modules()] + ["model.generator"]  # generate's
+    expected = [f"model.{n}" if n else "model" for n, _ in hf.named_modules()]
+    expected += ["model.generator", "model.generator.streamer"]  # generate's hook points
     assert sorted(paths) == sorted(expected)
     assert paths[-1] == "model"  # children first, the root last
     linears = model.modules(include_fn=lambda m: isinstance(m._module, torch.nn.Linear))

@@ -409,3 +409,22 @@ def test_the_users_own_streamer_still_gets_every_chunk(model, hf, tok):
         ids = tracer.result.save()
     assert mine.ended and len(mine.chunks) == STEPS + 1
     assert torch.equal(torch.cat([mine.chunks[0][0], *mine.chunks[1:]]), ids[0])
+
+
+def test_a_with_block_over_steps_runs_its_body_per_step_as_nnsight_05(model, hf, tok):
+    """`with tracer.all():` / `with tracer.iter[1:3]:` (deprecated in 0.5, still in its tests): a plain list
+    appended to in the body gets one item a step, and edits apply at those steps only."""
+    with model.generate(PROMPT, max_new_tokens=STEPS) as tracer:
+        every, some = [], []
+        nnsight.save(every), nnsight.save(some)
+        with tracer.all():
+            every.append(model.model.layers[-1].output)
+        with tracer.iter[1:3]:
+            model.model.layers[-1].output[:] = 0
+            some.append(model.model.layers[-1].output.clone())
+        ids = tracer.result.save()
+    expected_ids, seen = generate(hf, tok, edit=zero_at({1, 2}))
+    assert torch.equal(ids, expected_ids) and len(every) == STEPS and len(some) == 2
+    for got, expected in zip(every, seen):
+        torch.testing.assert_close(got, expected)
+    assert all(torch.equal(item, torch.zeros_like(item)) for item in some)

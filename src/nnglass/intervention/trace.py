@@ -125,6 +125,10 @@ class StepLoop:
     def __iter__(self) -> Iterator[int]:
         return self.steps.run(self.indices, self.open_end)
 
+    def block_steps(self) -> Iterator[int] | None:
+        """As a `with` block in a compiled body: its body is recorded once per step, as this loop would."""
+        return iter(self)
+
     def __enter__(self) -> None:
         if not self.every or self.steps.path is not None:
             raise TraceError("As a `with` block, `tracer.iter[:]` applies at every step; for some steps, "
@@ -153,6 +157,11 @@ class AllSteps:
 
     def __iter__(self) -> Iterator[int]:
         return iter(Steps(self.trace)[:])
+
+    def block_steps(self) -> Iterator[int] | None:
+        """As a `with` block in a compiled body of `generate`: its body is recorded once per step, as
+        `tracer.iter[:]`; of a forward, None: the body applies to every call of each module."""
+        return iter(self) if self.trace.method == "generate" else None
 
 
 class Trace(Tracer):

@@ -51,7 +51,7 @@ from ..config import CONFIG
 from . import frames
 from .errors import TraceError
 from .proxy import Proxy
-from .rewrite import BODY, Unsupported, compile_body, saves_plain, stored, walk_scope
+from .rewrite import BODY, Unsupported, compile_body, saves_plain, steps_block, stored, walk_scope
 from .runtime import UNSET, Runtime
 
 __all__ = ["enter", "exit", "save", "variables"]
@@ -431,7 +431,7 @@ def _needs_compiling(body: list[ast.stmt]) -> bool:
     """Whether the body has control flow, prints, f-strings or `.save()` of plain values (`list().save()`)
     that cannot run on proxies as written."""
     for node in walk_scope(body):
-        if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)):
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.IfExp)) or steps_block(node):
             return True
         if isinstance(node, ast.JoinedStr) and any(isinstance(v, ast.FormattedValue) for v in node.values):
             return True

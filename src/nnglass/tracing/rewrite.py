@@ -46,6 +46,32 @@ _PLAIN_MAKERS = frozenset({"list", "dict", "set", "tuple", "int", "float", "str"
 _DESCRIPTIONS = frozenset({"shape", "ndim", "dtype", "device"})  # plain values while recording
 
 
+def steps_block(node: ast.AST) -> bool:
+    """Whether node is `with <x>.all():` or `with <x>.iter[...]:` (one item; no break or continue of an
+    enclosing loop inside), whose body nnsight 0.5 runs once per generation step."""
+    if not isinstance(node, ast.With) or len(node.items) != 1 or _jumps(node.body):
+        return False
+    context = node.items[0].context_expr
+    if isinstance(context, ast.Call) and not context.args and not context.keywords:
+        return isinstance(context.func, ast.Attribute) and context.func.attr == "all"
+    return isinstance(context, ast.Subscript) and isinstance(context.value, ast.Attribute) \
+        and context.value.attr == "iter"
+
+
+def _jumps(body: list[ast.stmt]) -> bool:
+    """Whether the statements break or continue a loop around them."""
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Break, ast.Continue)):
+            return True
+        if isinstance(node, (ast.For, ast.While, ast.AsyncFor)):
+            stack.extend(node.orelse)  # a jump in the loop's own body is its own
+        elif not isinstance(node, _SCOPES):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
 def _bare_save(node: ast.AST) -> bool:
     """Whether node is `<expr>.save()`, with no arguments."""
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "save"
@@ -183,6 +209,17 @@ class _Rewriter(ast.NodeTransformer):
         value = _call(_attr(_name(branch), "merged"), [ast.Constant(var), _name(var), *flags])
         assign = ast.Assign([ast.Name(var, ast.Store())], value)
         return ast.copy_location(ast.Try([assign], [_name_error()], [], []), node)
+
+    def visit_With(self, node: ast.With) -> ast.stmt:
+        """`with tracer.all() as v: A` -> `with rt.steps(ctx) as s: for v in s: A`: a step context records
+        A once per step (nnsight 0.5 runs the body per step: a plain list appended to gets one item a step)."""
+        if not steps_block(node):
+            return self.generic_visit(node)
+        name = self.fresh("steps")
+        item = node.items[0]
+        target = item.optional_vars or ast.Name(self.fresh("step"), ast.Store())
+        loop = ast.For(target, _name(name), self.block(node.body), [])
+        return self.within(node, _runtime("steps", self.visit(item.context_expr)), name, [loop])
 
     def visit_For(self, node: ast.For) -> ast.With:
         """`for x in it: A` -> `with rt.loop(it) as l: for x in l: A` (break and continue ask l first)."""

@@ -11,7 +11,7 @@ from .local import current
 from .errors import TraceError
 from .proxy import Proxy
 
-__all__ = ["Runtime", "Branch", "Loop", "UNSET"]
+__all__ = ["Runtime", "Branch", "Loop", "Steps", "UNSET"]
 
 UNSET = object()   # a parameter of a compiled body whose variable did not exist
 
@@ -67,6 +67,9 @@ class Runtime:
 
     def loop(self, iterable: Any, line: int) -> Loop:
         return Loop(self, iterable, line)
+
+    def steps(self, context: Any) -> Steps:
+        return Steps(context)
 
     def plain(self, test: Any, kind: str, line: int) -> Any:
         """test itself, which must not be a proxy here."""
@@ -145,6 +148,25 @@ _MAX_WIDTH = 10_000
 def _convert(value: Any, conversion: int) -> Any:
     """An f-string field's `!r`, `!s`, `!a` conversion (-1: none)."""
     return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
+
+
+class Steps:
+    """`with tracer.all():` or `with tracer.iter[...]:` in a compiled body: a context that gives steps
+    (`block_steps()`) has its body recorded once per step; any other is entered as written, its body once."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.each: Any = None
+
+    def __enter__(self) -> Any:
+        steps = getattr(self.context, "block_steps", None)
+        self.each = steps() if steps is not None else None
+        if self.each is not None:
+            return self.each
+        return (type(self.context).__enter__(self.context),)
+
+    def __exit__(self, *exc: Any) -> Any:
+        return None if self.each is not None else type(self.context).__exit__(self.context, *exc)
 
 
 class Branch:
