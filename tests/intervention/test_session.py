@@ -199,3 +199,31 @@ def test_shape_of_a_session_value_is_a_clear_error(tiny):
     with pytest.raises(TraceError, match="not a value of a trace"):
         with tiny.session() as session:
             session.apply(list).shape
+
+
+def test_cache_entries_hold_the_values_after_the_blocks_edits(tiny, net, x):
+    """As nnsight (its cache hooks run after the intervention's): a swap recorded after `tracer.cache()`
+    is what the cache holds, and what the next module gets."""
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache()
+        tiny.layer1.output = tiny.layer1.output * 0 + 1
+    assert torch.equal(cache["model.layer1"].output, torch.ones(1, 10))
+    assert torch.equal(cache["model.layer2"].output, net.layer2(torch.ones(1, 10)))
+
+
+def test_a_stop_after_the_cache_keeps_what_ran_before_it(tiny, net, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache(modules=[tiny.layer1])
+        tiny.layer1.output.stop()
+        tracer.stop()
+    assert torch.equal(cache["model.layer1"].output, net.layer1(x))
+
+
+def test_a_cache_index_past_the_end_is_an_index_error(tiny, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache()
+    with pytest.raises(IndexError, match="Index 3 is out of range"):
+        cache.model[3]
+    with pytest.raises(AttributeError, match="no module 'model.layer9'"):
+        cache.model.layer9
+    assert cache.model.layer1.output.shape == (1, 10)  # the cache still answers

@@ -117,7 +117,10 @@ class _Path:
         return entry
 
     def __getitem__(self, index: int) -> _Path:
-        return self._child(str(index))
+        try:
+            return self._child(str(index))
+        except AttributeError as error:  # as nnsight: past the end of a module list is an IndexError
+            raise IndexError(f"Index {index} is out of range for '{self._path}' (or it was not cached).") from error
 
     def _child(self, name: str) -> _Path:
         """The path one step below this one."""

@@ -187,6 +187,7 @@ class Trace(Tracer):
         self.step: int | None = None           # the call every module is at (a step loop, `tracer.next()`)
         self.everywhere: list[str] = []        # module paths of open `with envoy.all():` blocks
         self.deferred: list[tuple] = []        # eproperty transforms waiting for the user's edits of a view
+        self.caching: list[tuple] = []         # `tracer.cache()` entries to fill once the edits are recorded
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -215,6 +216,8 @@ class Trace(Tracer):
         if not self.runs:
             if self.scanning:  # `model.scan(...)`: saved values are fakes, their shapes readable after the block
                 self.experiment.results.update(self.fake().saved())
+                if self.invokers:  # and every module's, at its first call, as `envoy.output.shape` (nnsight)
+                    self.model._scanned = self.fake().prepare_invoke(None)
             return
         if not self.invokers:
             raise NothingToRun("Nothing to run: give the trace an input, or call `tracer.invoke(input)`.")
@@ -269,6 +272,7 @@ class Trace(Tracer):
 
     def stop(self) -> None:
         """Stop the model once every node defined above has run."""
+        self.fill_caches()  # what a cache holds is read before the stop
         node = self.create("stop", "barrier")
         for earlier in self.graph.nodes[:-1]:
             self.graph.depend(node, earlier)
@@ -323,10 +327,11 @@ class Trace(Tracer):
     def cache(self, modules: Any = None, include_inputs: bool = False, include_output: bool = True,
               device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None,
               detach: bool = True) -> Proxy:
-        """A dict of module outputs (and inputs), keyed by original module path, filled as they run (saved).
+        """A dict of module outputs (and inputs), keyed by envoy path, filled as they run (saved).
 
         Values are detached, as `dtype`, on `device`; in `generate` a module's entry is a list, one Entry per step.
-        Modules are envoys or paths (also by alias, or with nnsight's root `model.`).
+        Modules are envoys or paths (also by alias, or with nnsight's root `model.`). As in nnsight, an entry
+        holds the value after the block's edits (the entries are recorded at the block's end, or a stop).
         """
         envoys = self.model._envoys() if modules is None else modules
         paths = [self.module_path(e) for e in envoys]
@@ -334,10 +339,18 @@ class Trace(Tracer):
                                                     None if device is None else str(device), dtype, detach))
         kinds = ("output",) * include_output + ("inputs",) * include_inputs
         with self.at_step(ALL_CALLS) if self.method == "generate" else contextlib.nullcontext():
-            for path in paths:
-                for kind in kinds:
-                    self.create("call_function", put, (store, path, kind, self.event(path, kind)))
+            self.caching += [(store, path, kind, self.call_of(path), self.current_invoke)
+                             for path in paths for kind in kinds]
         return store.save()
+
+    def fill_caches(self) -> None:
+        """Record the puts of the caches asked for, each reading the module's value after the edits so far."""
+        if self.caching and self.deferred:
+            self.flush_swaps()
+        while self.caching:
+            store, path, kind, call, invoke = self.caching.pop(0)
+            with self.scope(current_invoke=invoke, guard=None):
+                self.create("call_function", put, (store, path, kind, self.latest(path, kind, call)))
 
     def module_path(self, module: Any) -> str:
         """An envoy's path; of a path string (which may use aliases or nnsight's root `model.`): the original."""
@@ -364,14 +377,15 @@ class Trace(Tracer):
             return latest
         return Proxy(self.create("current", None, (latest,)), self.experiment)  # skipped when the guard is false
 
-    def latest(self, path: str, kind: str) -> Proxy:
-        """The latest proxy of a module's `output`, `inputs` or `input` at the current call and invoke."""
-        call = self.call_of(path)
+    def latest(self, path: str, kind: str, call: int | None = None) -> Proxy:
+        """The latest proxy of a module's `output`, `inputs` or `input` at a call (the current one) in the
+        current invoke."""
+        call = self.call_of(path) if call is None else call
         key = (path, kind, call, self.current_invoke)
         proxy = self.events.get(key)
         if proxy is None:
             if kind == "input":
-                inputs = self.latest(path, "inputs")
+                inputs = self.latest(path, "inputs", call)
                 proxy = Proxy(self.create("input", None, (inputs,), guarded=False), self.experiment)
             else:
                 proxy = Proxy(self.create(kind, path, (call,), guarded=False), self.experiment)
@@ -406,6 +420,7 @@ class Trace(Tracer):
                 self.swap_event(path, kind, call, make())
 
     def finish(self) -> None:
+        self.fill_caches()
         if self.deferred:
             self.flush_swaps()
 
