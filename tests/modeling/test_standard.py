@@ -377,10 +377,22 @@ def test_rename_on_a_plain_nnsight():
 
 
 def test_rename_of_a_missing_module_is_an_error():
-    with pytest.raises(AttributeError, match="no submodule 'g'"):
+    with pytest.raises(AttributeError, match="no module path ends with 'transformer.g'"):
         NNsight(Nested(), rename={"transformer.g": "layers"})
-    with pytest.raises(AttributeError, match="no submodule is named 'attn'"):
+    with pytest.raises(AttributeError, match="no module path ends with 'attn'"):
         NNsight(Nested(), rename={"attn": "self_attn"})
+
+
+def test_rename_keys_that_end_a_path_mount_where_the_path_starts():
+    """As nnsight: {".h": ...} and {"h.0": ...} alias the module wherever a path ends with the key."""
+    net = Nested()
+    model = NNsight(net, rename={".h": "layers", "h.0": "first_layer"})
+    assert model.transformer.layers is model.transformer.h
+    assert model.transformer.first_layer is model.transformer.h[0]
+    x = torch.rand(1, 4)
+    with model.trace(x):
+        first = model.transformer.first_layer.output.save()
+    torch.testing.assert_close(first, net.transformer.h[0](x))
 
 
 def test_rename_on_a_language_model(tok):

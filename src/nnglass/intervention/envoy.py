@@ -10,7 +10,7 @@ import torch
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 from ..tracing.proxy import Proxy
-from .eproperty import eproperty, open_trace
+from .eproperty import eproperty, open_trace, scanned
 from .source import source_envoy
 from .trace import Steps
 
@@ -90,7 +90,9 @@ class Envoy:
     def _child(self, module: torch.nn.Module, path: str) -> Envoy:
         """The envoy of a module below this one, of the class `envoys=` gives it (and this one's root)."""
         child = envoy_class(self._classes, module, path)(module, path, self._classes)
-        child.__dict__["_root"] = self.__dict__.get("_root")
+        root = self.__dict__.get("_root")
+        for envoy in child._envoys():  # its own children were made before it knew its root
+            envoy.__dict__["_root"] = root
         return child
 
     def _trace(self) -> Any:
@@ -151,20 +153,29 @@ class Envoy:
 
     def _add_aliases(self, rename: dict[str, str | list[str]]) -> None:
         """Add aliases (original -> alias name or names); aliased envoys keep their original `_path`."""
-        # A path key ("transformer.h", or ".lm_head" with a leading dot) is mounted on this envoy;
-        # a plain name ("attn": "self_attn") aliases every submodule of that name, at any depth.
+        # A plain name ("attn": "self_attn") aliases every submodule of that name, at any depth; a path
+        # ("transformer.h", ".h", "h.0") every module whose path ends with it, mounted on the envoy the path
+        # starts from (as nnsight: {"h.0": "first"} gives model.transformer.first).
         for key, aliases in rename.items():
+            key = key.lstrip(".")
             if "." in key:
-                key = key.lstrip(".")
-                self.get(key)  # fails now, naming the path, if there is no such module
-                owners = [self]
+                owners = [envoy for envoy in self._envoys() if envoy._reaches(key)]
             else:
                 owners = [envoy for envoy in self._envoys() if key in envoy._children]
-                if not owners:
-                    raise AttributeError(f"rename: no submodule is named '{key}'.")
+            if not owners:
+                raise AttributeError(f"rename: no module path ends with '{key}'.")
             for alias in [aliases] if isinstance(aliases, str) else aliases:
                 for owner in owners:
                     owner._aliases[alias.lstrip(".")] = key
+
+    def _reaches(self, path: str) -> bool:
+        """Whether a module sits at path below this envoy (original names only)."""
+        envoy = self
+        for name in path.split("."):
+            envoy = envoy._children.get(name)
+            if envoy is None:
+                return False
+        return True
 
     def __getitem__(self, key: int | str) -> Envoy:
         if isinstance(key, int):
@@ -212,10 +223,16 @@ class Envoy:
         return self._own(tracer).proxy("call_module", self._path, args, {**kwargs, "hook": hook} if hook else kwargs)
 
     # -- values in a trace --------------------------------------------------------------------------
+    def _value(self, kind: str) -> Any:
+        """A module value: in a trace, its latest proxy; outside, as the model's last scan saw it."""
+        if not hasattr(current(), "event"):
+            return scanned(self, kind)
+        return self._trace().event(self._path, kind)
+
     @property
     def output(self) -> Proxy:
         """The module's output (at the addressed call)."""
-        return self._trace().event(self._path, "output")
+        return self._value("output")
 
     @output.setter
     def output(self, value: Any) -> None:
@@ -224,7 +241,7 @@ class Envoy:
     @property
     def inputs(self) -> Proxy:
         """The module's inputs as (args, kwargs)."""
-        return self._trace().event(self._path, "inputs")
+        return self._value("inputs")
 
     @inputs.setter
     def inputs(self, value: Any) -> None:
@@ -233,7 +250,7 @@ class Envoy:
     @property
     def input(self) -> Proxy:
         """The module's first positional (or else first keyword) input."""
-        return self._trace().event(self._path, "input")
+        return self._value("input")
 
     @input.setter
     def input(self, value: Any) -> None:
