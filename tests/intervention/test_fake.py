@@ -1,8 +1,9 @@
 """The scan: early-stopped records, partial cache entries extended, no hooks left, the cache bounded."""
+import pytest
 import torch
 
-from nnglass import LanguageModel, NNsight
-from tests.conftest import tiny_llama
+from nnglass import LanguageModel, NNsight, TraceError
+from tests.conftest import make_net, tiny_llama
 
 
 def deep_net() -> torch.nn.Sequential:
@@ -67,3 +68,13 @@ def test_shapes_in_generate_are_those_of_each_generation_step(smol_tokenizer):
         second = lm.model.layers[0].output.save()
     assert head == first.shape == (1, 1, len(smol_tokenizer))
     assert step == second.shape == (1, 1, 32)
+
+
+def test_after_a_scan_block_each_modules_shapes_are_readable(tiny, net, x):
+    """As nnsight: a scan leaves every module's fake value (at its first call) readable after the block."""
+    with tiny.scan(x):
+        pass
+    assert tiny.layer1.output.shape == net.layer1(x).shape
+    assert tiny.layer2.input.shape == net.layer1(x).shape
+    with pytest.raises(TraceError, match="exist only inside"):
+        NNsight(make_net()).layer1.output  # a model never scanned: a clear error

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from ..tracing.errors import TraceError
 from ..tracing.local import current
 
-__all__ = ["eproperty", "open_trace"]
+__all__ = ["eproperty", "open_trace", "scanned"]
 
 _KEYS = {"output": "output", "input": "inputs", "inputs": "inputs"}  # nnsight's key -> the module value
 
@@ -70,7 +70,10 @@ class eproperty:  # noqa: N801  nnsight's name
     def __get__(self, envoy: Any, owner: type | None = None) -> Any:
         if envoy is None:
             return self
-        tracer, kind = envoy._trace(), self.kind()
+        kind = self.kind()
+        if not hasattr(current(), "event"):
+            return scanned(envoy, kind)
+        tracer = envoy._trace()
         value = tracer.event(envoy._path, kind)
         view = self.pre(envoy, value) if self.pre is not None else value
         if self.back is not None:
@@ -86,6 +89,22 @@ class eproperty:  # noqa: N801  nnsight's name
         if isinstance(self.back, staticmethod):
             return self.back.__func__(view)
         return self.back(envoy, view)
+
+
+def scanned(envoy: Any, kind: str) -> Any:
+    """Outside a trace: the module's value (fake: shapes and dtypes) at its first call in the model's last
+    `model.scan` block, as nnsight keeps it; else the clear error of a value read outside a trace."""
+    root = envoy.__dict__.get("_root") or envoy
+    value = getattr(root, "_scanned", {}).get((envoy._path, "inputs" if kind == "input" else kind, 0), _NONE)
+    if value is _NONE:
+        open_trace()  # raises
+    if kind == "input":
+        args, kwargs = value
+        return args[0] if args else next(iter(kwargs.values()))
+    return value
+
+
+_NONE = object()
 
 
 def open_trace() -> Any:

@@ -50,6 +50,7 @@ class NNsight(Envoy):
         self._modules_by_path = dict(module.named_modules())
         self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._scans = ScanCache()
+        self._scanned: dict = {}  # the last `model.scan` block's records: shapes readable after the block
         self._edits: list[Any] = []  # graphs that every trace of this model applies first
         self._remote_name: str | None = None  # what a server hosts this model as
         self._add_aliases(rename or {})  # e.g. {"transformer.h": "layers"}: model.layers is model.transformer.h
