@@ -11,7 +11,7 @@ from .local import current
 from .errors import TraceError
 from .proxy import Proxy
 
-__all__ = ["Runtime", "Branch", "Loop", "Steps", "UNSET"]
+__all__ = ["Runtime", "Branch", "Loop", "StepBlock", "UNSET"]
 
 UNSET = object()   # a parameter of a compiled body whose variable did not exist
 
@@ -68,8 +68,8 @@ class Runtime:
     def loop(self, iterable: Any, line: int) -> Loop:
         return Loop(self, iterable, line)
 
-    def steps(self, context: Any) -> Steps:
-        return Steps(context)
+    def steps(self, context: Any) -> StepBlock:
+        return StepBlock(context)
 
     def plain(self, test: Any, kind: str, line: int) -> Any:
         """test itself, which must not be a proxy here."""
@@ -150,7 +150,7 @@ def _convert(value: Any, conversion: int) -> Any:
     return {-1: lambda v: v, 115: str, 114: repr, 97: ascii}[conversion](value)
 
 
-class Steps:
+class StepBlock:
     """`with tracer.all():` or `with tracer.iter[...]:` in a compiled body: a context that gives steps
     (`block_steps()`) has its body recorded once per step; any other is entered as written, its body once."""
 
