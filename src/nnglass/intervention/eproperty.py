@@ -71,13 +71,10 @@ class eproperty:  # noqa: N801  nnsight's name
         if envoy is None:
             return self
         kind = self.kind()
-        if not hasattr(current(), "event"):
-            return scanned(envoy, kind)
-        tracer = envoy._trace()
-        value = tracer.event(envoy._path, kind)
+        value = envoy._value(kind)  # outside a trace: as the last scan saw it
         view = self.pre(envoy, value) if self.pre is not None else value
         if self.back is not None:
-            tracer.defer_swap(envoy._path, kind, lambda: self._transformed(envoy, view))
+            envoy._trace().defer_swap(envoy._path, kind, lambda: self._transformed(envoy, view))
         return view
 
     def __set__(self, envoy: Any, value: Any) -> None:

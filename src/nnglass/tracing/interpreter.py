@@ -8,7 +8,7 @@ from .errors import Exit, locate
 from .graph import Graph
 from .local import log
 from .node import Node
-from .walk import map_leaves
+from .walk import leaves, map_leaves
 
 __all__ = ["Interpreter", "Run", "WAIT"]
 
@@ -206,6 +206,4 @@ def run_graph(graph: Graph, run: Run, scope: str = "session") -> dict:
 
 def _is_choice(source: Node, pick: Node) -> bool:
     """Whether source is (inside) one of the values a `pick` node chooses from, rather than its test or guard."""
-    found: list[bool] = []
-    map_leaves(pick.args[1:], lambda v: found.append(v is source))
-    return any(found)
+    return any(leaf is source for leaf in leaves(pick.args[1:]))
