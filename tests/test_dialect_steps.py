@@ -267,6 +267,8 @@ def test_cache_of_a_module_that_ran_once_in_generate_is_one_entry(model, hf, tok
     _, seen = generate(hf, tok, steps=1)
     torch.testing.assert_close(cache["model.layers.1"].output, seen[0])
     torch.testing.assert_close(cache.model.layers[1].output, seen[0])
+    with pytest.raises(IndexError, match="Index 2 is out of range for 'model.model.layers'"):
+        cache.model.layers[2]  # past the end of a list of modules (nnsight's IndexError)
 
 
 @pytest.fixture(scope="module")

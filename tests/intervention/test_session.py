@@ -219,11 +219,21 @@ def test_a_stop_after_the_cache_keeps_what_ran_before_it(tiny, net, x):
     assert torch.equal(cache["model.layer1"].output, net.layer1(x))
 
 
-def test_a_cache_index_past_the_end_is_an_index_error(tiny, x):
+def test_a_cache_index_of_a_module_that_is_not_a_list_is_a_key_error(tiny, x):
     with tiny.trace(x) as tracer:
         cache = tracer.cache()
-    with pytest.raises(IndexError, match="Index 3 is out of range"):
+    with pytest.raises(KeyError, match="'model' is not a list of modules"):
         cache.model[3]
     with pytest.raises(AttributeError, match="no module 'model.layer9'"):
         cache.model.layer9
     assert cache.model.layer1.output.shape == (1, 10)  # the cache still answers
+
+
+def test_a_cache_reaches_by_attribute_only_what_it_holds(tiny, x):
+    with tiny.trace(x) as tracer:
+        cache = tracer.cache(modules=[tiny.layer1])
+    with pytest.raises(AttributeError, match="Module 'model.layer2' was not cached"):
+        cache.model.layer2
+    with pytest.raises(KeyError, match="'model.layer1' is not a list of modules"):
+        cache.model.layer1[0]
+    torch.testing.assert_close(cache.model.layer1.output, tiny._model.layer1(x))  # the cache still answers

@@ -94,10 +94,10 @@ class _Path:
     def __init__(self, cache: Cache, spelled: str) -> None:
         self._cache, self._spelled = cache, spelled
         self._path = path = cache.key(spelled)
-        known = {key_of(p) for p in cache.paths} or set(cache)
-        if not any(p == path or p.startswith(path + ".") for p in known):
-            raise AttributeError(f"The model has no module '{spelled}'; cached modules: {sorted(cache)[:8]}"
-                                 f"{' ...' if len(cache) > 8 else ''}")
+        if not _holds(set(cache), path):  # as nnsight, only what the cache holds is reachable by attribute
+            modules = {key_of(p) for p in cache.paths}
+            why = f"Module '{path}' was not cached" if _holds(modules, path) else f"The model has no module '{spelled}'"
+            raise AttributeError(f"{why}; cached modules: {sorted(cache)[:8]}{' ...' if len(cache) > 8 else ''}")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -120,11 +120,19 @@ class _Path:
         try:
             return self._child(str(index))
         except AttributeError as error:  # as nnsight: past the end of a module list is an IndexError
+            if not any(key.startswith(f"{self._path}.") and key[len(self._path) + 1:].split(".")[0].isdigit()
+                       for key in self._cache):
+                raise KeyError(f"'{self._path}' is not a list of modules in this cache, so it has no [{index}].") from error
             raise IndexError(f"Index {index} is out of range for '{self._path}' (or it was not cached).") from error
 
     def _child(self, name: str) -> _Path:
         """The path one step below this one."""
         return _Path(self._cache, f"{self._spelled}.{name}")
+
+
+def _holds(keys: set[str], path: str) -> bool:
+    """Whether keys hold path, or modules inside it."""
+    return any(key == path or key.startswith(path + ".") for key in keys) or path == "model" and bool(keys)
 
 
 def put(cache: Cache, path: str, kind: str, value: Any) -> None:
