@@ -4,6 +4,7 @@ import torch
 
 import nnglass as nnsight
 from nnglass import LanguageModel
+from nnglass.intervention.skips import SkippedModuleError
 from tests.conftest import tiny_gpt2, tiny_llama
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -191,6 +192,29 @@ def test_skip_in_one_invoke_only(tiny, net, x):
             kept = tiny.output.save()
     torch.testing.assert_close(skipped, torch.zeros(1, 2))
     torch.testing.assert_close(kept, net(x))
+
+
+def test_a_read_inside_a_skipped_module_is_refused_where_it_is_written(model, hf, tok):
+    layer = model.model.layers[1]
+    with pytest.raises(SkippedModuleError, match=r"'model.layers.1.mlp' never runs here(.|\n)*the skip: .*skip\("):
+        with model.trace(PROMPT):
+            layer.skip(model.model.layers[0].output)
+            layer.mlp.output.save()
+    with pytest.raises(ValueError, match="'model.layers.1.self_attn' never runs here"):  # a ValueError, as nnsight
+        with model.trace(PROMPT):
+            layer.self_attn.output.save()  # the read may come first
+            layer.skip(model.model.layers[0].output)
+    seen, handle = [], hf.model.layers[1].mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        hf(**tok(PROMPT, return_tensors="pt"))
+    finally:
+        handle.remove()
+    with model.trace() as tracer:  # the next trace is fine, and so is another invoke's read
+        with tracer.invoke(PROMPT):
+            layer.skip(model.model.layers[0].output)
+        with tracer.invoke(PROMPT):
+            mlp = layer.mlp.output.save()
+    torch.testing.assert_close(mlp, seen[0])
 
 
 def test_skip_whose_value_comes_later_is_refused(tiny, x):

@@ -10,6 +10,7 @@ from .config import CONFIG  # noqa: E402
 from .intervention.envoy import Envoy
 from .intervention.interleaver import CausalityError
 from .intervention.session import Session
+from .intervention.skips import SkippedModuleError
 from .intervention.trace import Trace as Tracer
 from .modeling.base import NNsight
 from .modeling.language import LanguageModel
@@ -23,7 +24,8 @@ from . import util  # noqa: F401  (nnsight 0.4's `nnsight.util.apply`)
 
 __all__ = [
     "NNsight", "LanguageModel", "StandardizedTransformer", "Envoy", "Session", "Tracer", "CONFIG",
-    "Proxy", "apply", "log", "save", "TraceError", "CausalityError", "ExecutionError", "RemoteError",
+    "Proxy", "apply", "log", "save", "TraceError", "CausalityError", "SkippedModuleError",
+    "ExecutionError", "RemoteError",
 ]
 
 

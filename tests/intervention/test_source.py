@@ -7,6 +7,7 @@ from transformers.models.llama import modeling_llama
 
 from nnglass import LanguageModel
 from nnglass.intervention import source
+from nnglass.intervention.skips import SkippedModuleError
 from nnglass.tracing.errors import TraceError
 from tests.conftest import tiny_gpt2, tiny_llama
 
@@ -271,12 +272,18 @@ def test_skip_a_point_and_a_module_whose_points_are_used(lm):
         attn.source.self_o_proj_0.skip(torch.zeros(1, 2, 32))
         out = attn.output[0].save()
     assert torch.count_nonzero(out) == 0
-    with lm.trace("Hello world"):
-        attn.source.self_q_proj_0.output.save()
-        attn.skip((torch.zeros(1, 2, 32), None))
-        logits = lm.lm_head.output.save()
-    assert logits.shape[1] == 2
+    with lm.trace() as tracer:
+        with tracer.invoke("Hello world"):
+            q = attn.source.self_q_proj_0.output.save()
+        with tracer.invoke("Hello world"):
+            attn.skip((torch.zeros(1, 2, 32), None))
+            logits = lm.lm_head.output.save()
+    assert q.shape[1] == logits.shape[1] == 2
     assert "forward" not in attn._module.__dict__  # both forwards unwound
+    with pytest.raises(SkippedModuleError, match="'model.layers.0.self_attn.source.self_q_proj_0' never runs"):
+        with lm.trace("Hello world"):
+            attn.source.self_q_proj_0.output.save()
+            attn.skip((torch.zeros(1, 2, 32), None))
 
 
 def test_source_of_a_tensor_method_call_reads_inside_torch_tensor_split(smol_tokenizer):

@@ -17,6 +17,7 @@ from .backend import Backend, LocalBackend
 from .cache import Cache, aliases_of, put, resolve
 from .fake import Fake
 from .interleaver import ALL_CALLS
+from .skips import Skips
 
 __all__ = ["Trace", "Invoker", "Barrier", "Steps", "StepLoop", "AllSteps"]
 
@@ -188,6 +189,7 @@ class Trace(Tracer):
         self.everywhere: list[str] = []        # module paths of open `with envoy.all():` blocks
         self.deferred: list[tuple] = []        # eproperty transforms waiting for the user's edits of a view
         self.caching: list[tuple] = []         # `tracer.cache()` entries to fill once the edits are recorded
+        self.skips = Skips()                   # unconditional skips, to refuse reads inside skipped modules
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -372,6 +374,8 @@ class Trace(Tracer):
         """The latest proxy of a module's `output`, `inputs` or `input`; inside a condition, a read guarded by it."""
         if self.deferred:
             self.flush_swaps()
+        if self.skips:
+            self.skips.check(path, self.call_of(path), self.current_invoke)
         latest = self.latest(path, kind)
         if self.guard is None:
             return latest
@@ -398,6 +402,8 @@ class Trace(Tracer):
         """`envoy.output = value` (or input/inputs): swap what the model gets."""
         first = kind == "input"
         kind = "inputs" if first else kind
+        if self.skips:
+            self.skips.check(path, self.call_of(path), self.current_invoke)
         self.latest(path, kind)  # made now if it was never read
         self.swap_event(path, kind, self.call_of(path), value, first)
 
@@ -426,7 +432,10 @@ class Trace(Tracer):
 
     def skip(self, path: str, value: Any) -> None:
         """`envoy.skip(value)`: the module does not run at the addressed call; value is its output."""
-        self.create("skip_module", path, (self.call_of(path), value))
+        call = self.call_of(path)
+        node = self.create("skip_module", path, (call, value))
+        if self.guard is None:
+            self.skips.add(path, call, self.current_invoke, node, self.events)
 
     def next_call(self, path: str, step: int) -> None:
         call = self.call_of(path)
