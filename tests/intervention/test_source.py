@@ -284,3 +284,36 @@ def test_skip_a_point_and_a_module_whose_points_are_used(lm):
             attn.source.self_q_proj_0.output.save()
             attn.skip((torch.zeros(1, 2, 32), None))
 
+
+
+def _shifted(x):
+    return torch.relu(x) + 1
+
+
+class _CallsAFunctionModule(torch.nn.Module):
+    """A forward calling a plain function that the kernels hub turned into a module (as transformers 5 does)."""
+
+    def __init__(self, shifted) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.__dict__["shifted"] = shifted  # kept out of the module tree, like a global function
+
+    def forward(self, x):
+        return self.shifted(self.lin(x))
+
+
+def test_the_source_of_a_function_made_module_is_the_function_and_edits_land():
+    hub = pytest.importorskip("kernels")
+    from nnglass import NNsight
+    torch.manual_seed(0)
+    net = _CallsAFunctionModule(hub.use_kernel_forward_from_hub("nnglass_test_shifted")(_shifted))
+    assert isinstance(net.shifted, torch.nn.Module)
+    model = NNsight(net)
+    x = torch.randn(2, 3)
+    point = model.source.self_shifted_0
+    assert "torch_relu_0" in str(point.source)
+    with model.trace(x):
+        point.source.torch_relu_0.output = point.source.torch_relu_0.output * 0
+        out = model.output.save()
+    assert torch.equal(out, torch.ones(2, 3))
+    assert torch.equal(net(x), _shifted(net.lin(x)))  # the model runs as before outside the trace

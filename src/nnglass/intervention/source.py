@@ -144,9 +144,20 @@ def _plain(fn: Any) -> tuple[types.FunctionType, Any]:
         return inspect.unwrap(fn.__func__), fn.__self__
     if isinstance(fn, types.FunctionType):
         return inspect.unwrap(fn), None
+    if isinstance(fn, torch.nn.Module) and (wrapped := _wrapped_function(fn)) is not None:
+        return inspect.unwrap(wrapped), None
     if isinstance(fn, torch.nn.Module):
         raise TraceError("This call is a module: address it through its envoy (e.g. `model.layer.q_proj.source`).")
     raise TraceError(f"{fn!r} has no Python source (a builtin or compiled function), so it has no `.source`.")
+
+
+def _wrapped_function(module: torch.nn.Module) -> types.FunctionType | None:
+    """The function a function-made-module runs (the kernels hub's `Func`, as transformers 5 wraps
+    `apply_rotary_pos_emb`): its source is the function's, and reading it runs the function itself."""
+    forward = type(module).forward
+    cells = dict(zip(forward.__code__.co_freevars, forward.__closure__ or ()))
+    func = cells.get("func")
+    return func.cell_contents if func is not None and isinstance(func.cell_contents, types.FunctionType) else None
 
 
 # -- points and their sources ---------------------------------------------------------------------
