@@ -8,7 +8,8 @@ from transformers.models.llama import modeling_llama
 from nnglass import LanguageModel
 from nnglass.intervention import source
 from nnglass.intervention.skips import SkippedModuleError
-from tests.conftest import tiny_llama
+from nnglass.tracing.errors import TraceError
+from tests.conftest import tiny_gpt2, tiny_llama
 
 
 @pytest.fixture
@@ -317,3 +318,28 @@ def test_the_source_of_a_function_made_module_is_the_function_and_edits_land():
         out = model.output.save()
     assert torch.equal(out, torch.ones(2, 3))
     assert torch.equal(net(x), _shifted(net.lin(x)))  # the model runs as before outside the trace
+
+
+def test_source_of_a_tensor_method_call_reads_inside_torch_tensor_split(smol_tokenizer):
+    gpt2 = LanguageModel(tiny_gpt2(smol_tokenizer, 1), tokenizer=smol_tokenizer)
+    attn = gpt2.transformer.h[0].attn
+    seen, handle = _recorded(attn._module.c_attn)
+    try:
+        with gpt2.trace("Hello world"):
+            inner = attn.source.split_1.source.torch__VF_split_0.output.save()
+            parts = attn.source.split_1.output.save()
+    finally:
+        handle.remove()
+    expected = seen[0].split(attn._module.split_size, dim=2)
+    assert len(inner) == len(parts) == 3
+    for got, outer, want in zip(inner, parts, expected):
+        assert torch.equal(got, want) and torch.equal(outer, want)
+
+
+def test_a_nested_source_whose_call_turns_out_to_be_another_function_raises(smol_tokenizer):
+    gpt2 = LanguageModel(tiny_gpt2(smol_tokenizer, 1), tokenizer=smol_tokenizer)
+    point = gpt2.transformer.h[0].attn.source.split_1
+    point.source  # resolved from the source: torch.Tensor.split
+    point._module.nested.fn = torch.Tensor.norm  # as if the forward called another method at run time
+    with pytest.raises(TraceError, match="'split_1' called Tensor.split when the model ran, not Tensor.norm"), gpt2.trace("Hello world"):
+        point.output.save()

@@ -160,6 +160,13 @@ def _wrapped_function(module: torch.nn.Module) -> types.FunctionType | None:
     return func.cell_contents if func is not None and isinstance(func.cell_contents, types.FunctionType) else None
 
 
+def _function_of(fn: Any) -> Any:
+    """The function a call runs, seen through a bound method, decorators and a function-made-module."""
+    if isinstance(fn, torch.nn.Module):
+        fn = _wrapped_function(fn) or fn
+    return inspect.unwrap(getattr(fn, "__func__", fn))
+
+
 # -- points and their sources ---------------------------------------------------------------------
 class OperationPoint(torch.nn.Module):
     """One call inside a forward, made through this module so that the engine's hooks see it."""
@@ -175,8 +182,13 @@ class OperationPoint(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.fn is None:
             raise TraceError(f"'{self.name}' is a call inside a forward: it cannot be called on its own.")
-        fn = self.fn if self.nested is None else self.nested.rewritten(self.fn)
-        return fn(*args, **kwargs)
+        if self.nested is None:
+            return self.fn(*args, **kwargs)
+        if _function_of(self.fn) is not self.nested.fn:
+            called = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+            raise TraceError(f"'{self.name}' called {called} when the model ran, not {self.nested.fn.__qualname__}, "
+                             f"whose `.source` the trace addressed.")
+        return self.nested.rewritten(self.fn)(*args, **kwargs)
 
     def run(self, fn: Any, args: tuple, kwargs: dict) -> Any:
         """Call fn(*args, **kwargs) through this module (re-entrant)."""
@@ -251,6 +263,9 @@ class Source:
                 continue
             except Exception as error:
                 raise TraceError(f"Cannot tell which function '{name}' calls: {error}") from error
+        method = _tensor_method(func)
+        if method is not None:
+            return method
         raise TraceError(f"Cannot tell which function '{name}' calls from the source.")
 
     def __str__(self) -> str:
@@ -264,6 +279,15 @@ class Source:
             rows.append(f"{names[0]:>{width}} {'->' if names[0] else '  '} {number:4d} {text}")
             rows.extend(f"{extra:>{width}} -> {'':4} {'':{len(text) - len(text.lstrip())}}^" for extra in names[1:])
         return "\n".join(rows)
+
+
+def _tensor_method(func: ast.expr) -> types.FunctionType | None:
+    """For `value.method(...)` whose value is known only at run time: torch.Tensor's method of that name, where
+    it is written in Python (a call on a tensor, as in a forward; the point checks the receiver when it runs)."""
+    if not isinstance(func, ast.Attribute):
+        return None
+    method = inspect.getattr_static(torch.Tensor, func.attr, None)
+    return method if isinstance(method, types.FunctionType) else None
 
 
 def _assigned(tree: ast.FunctionDef, func: ast.expr) -> ast.expr | None:
