@@ -224,6 +224,19 @@ def test_skip_whose_value_comes_later_is_refused(tiny, x):
 
 
 # -- tracer.cache as in nnsight 0.5+ ------------------------------------------------------------------------
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_cache_with_inputs_holds_each_module_input_also_remote(model, hf, tok, remote):
+    with model.trace(PROMPT, remote=remote) as tracer:
+        cache = tracer.cache(include_inputs=True)
+    seen, handle = [], hf.model.layers[1].register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
+    try:
+        hf(**tok(PROMPT, return_tensors="pt"))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cache["model.model.layers.1"].input, seen[0][0])
+    torch.testing.assert_close(cache["model.model.layers.1"].output, seen[0][1])
+
+
 def test_cache_is_saved_and_keyed_by_module_path_with_aliases(hf, tok):
     model = LanguageModel(hf, tokenizer=tok, rename={"model.layers": "layers"})
     with model.trace(PROMPT) as tracer:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..intervention.cache import Cache, Entry, entries_of, from_entries
 from ..tracing.node import Node
+from ..tracing.walk import map_leaves
 from .allowlist import WireError
 
 __all__ = ["Encoder", "Decoder", "load_blob", "save_blob"]
@@ -67,7 +68,8 @@ class Encoder:
             fields = {k: v for k, v in value.items() if not _is_cache(v)}  # a KV cache stays on the server
             return {"$output": [type(value).__module__, type(value).__name__], "fields": self(fields)}
         if isinstance(value, Cache):
-            entries = {path: [(e.output, e.inputs) for e in entries_of(entry)] for path, entry in value.items()}
+            entries = {path: [_without_caches((e.output, e.inputs)) for e in entries_of(entry)]
+                       for path, entry in value.items()}  # a module's inputs may hold the KV cache: None here
             return {"$cache": self(entries), "paths": self(tuple(value.paths)), "aliases": self(tuple(value.aliases))}
         if isinstance(value, DataLoader):
             return {"$dataloader": {"dataset": self(list(value.dataset)), "batch_size": value.batch_size}}
@@ -189,6 +191,11 @@ def load_blob(blob: str) -> dict[str, torch.Tensor]:
         return safetensors.torch.load(base64.b64decode(blob)) if blob else {}
     except Exception as error:
         raise WireError(f"the tensors of the request could not be read: {error}") from error
+
+
+def _without_caches(value: Any) -> Any:
+    """value with each transformers KV cache inside it replaced by None (a KV cache stays on the server)."""
+    return map_leaves(value, lambda leaf: None if _is_cache(leaf) else leaf)
 
 
 def _is_cache(value: Any) -> bool:
