@@ -237,6 +237,29 @@ def test_cache_with_inputs_holds_each_module_input_also_remote(model, hf, tok, r
     torch.testing.assert_close(cache["model.model.layers.1"].output, seen[0][1])
 
 
+@pytest.mark.parametrize("remote", [False, "local"])
+def test_cache_asked_for_after_an_edit_holds_what_runs_from_there_on(model, hf, tok, remote):
+    layers = model.model.layers
+    with model.trace(PROMPT, remote=remote) as tracer:
+        layers[0].mlp.output = torch.zeros_like(layers[0].mlp.output)
+        cache = tracer.cache(include_inputs=True)
+    zero = hf.model.layers[0].mlp.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+    seen, handle = [], hf.model.layers[1].register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
+    try:
+        hf(**tok(PROMPT, return_tensors="pt"))
+    finally:
+        zero.remove(), handle.remove()
+    assert "model.model.layers.0.self_attn" not in cache and "model.model.embed_tokens" not in cache  # ran before
+    assert cache["model.model.layers.0.mlp"].inputs is None  # its input came before the edit
+    assert torch.count_nonzero(cache["model.model.layers.0.mlp"].output) == 0  # the edited output
+    assert cache["model.model"].inputs is None and cache["model.model"].output is not None
+    torch.testing.assert_close(cache["model.model.layers.1"].input, seen[0][0])
+    torch.testing.assert_close(cache["model.model.layers.1"].output, seen[0][1])
+    with model.trace(PROMPT) as tracer:  # asked for first, it holds every module
+        cache = tracer.cache()
+    assert "model.model.embed_tokens" in cache
+
+
 def test_cache_is_saved_and_keyed_by_module_path_with_aliases(hf, tok):
     model = LanguageModel(hf, tokenizer=tok, rename={"model.layers": "layers"})
     with model.trace(PROMPT) as tracer:

@@ -135,9 +135,11 @@ def _holds(keys: set[str], path: str) -> bool:
     return any(key == path or key.startswith(path + ".") for key in keys) or path == "model" and bool(keys)
 
 
-def put(cache: Cache, path: str, kind: str, value: Any) -> None:
+def put(cache: Cache, path: str, kind: str, value: Any, after: bool = True) -> None:
     """Store one module's output or inputs (path: original module path) as it fires (a graph node runs this);
-    its second call makes a list."""
+    its second call makes a list. `after`: whether it fired after the point the cache was asked for."""
+    if not after:
+        return
     key = key_of(path)
     entries = entries_of(dict.get(cache, key))
     if not entries or getattr(entries[-1], kind) is not None:

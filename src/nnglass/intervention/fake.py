@@ -270,6 +270,9 @@ class Fake(Interleaver):
     def pick(self, node: Node, test: Any, then: Any, otherwise: Any) -> Any:
         return then  # both branches were recorded: either value has the shapes the scan can tell
 
+    def fired(self, node: Node, *marks: Node) -> bool:
+        return True
+
     def stop(self, node: Node, *_: Any) -> None:
         return None
 

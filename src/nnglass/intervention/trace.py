@@ -190,6 +190,7 @@ class Trace(Tracer):
         self.deferred: list[tuple] = []        # eproperty transforms waiting for the user's edits of a view
         self.caching: list[tuple] = []         # `tracer.cache()` entries to fill once the edits are recorded
         self.skips = Skips()                   # unconditional skips, to refuse reads inside skipped modules
+        self.reached: dict[int | None, Proxy] = {}  # invoke -> the module value it addressed last
         self.scanning = scan or validate
         self.validate = validate
         self.runs = run
@@ -300,10 +301,11 @@ class Trace(Tracer):
         return self
 
     def at_step(self, step: int, path: str | None = None) -> contextlib.AbstractContextManager:
-        """Recording state where every module (or the one at path) is at call `step`."""
+        """Recording state where every module (or the one at path) is at call `step`; what the block reads
+        does not move where a later `tracer.cache()` starts (the loop's steps run before and after it)."""
         if path is not None:
-            return self.scope(calls={**self.calls, (path, self.current_invoke): step})
-        return self.scope(step=step, calls={})
+            return self.scope(calls={**self.calls, (path, self.current_invoke): step}, reached={**self.reached})
+        return self.scope(step=step, calls={}, reached={**self.reached})
 
     def unreached(self, node: Node) -> bool:
         """Whether node belongs to a step of an open-ended step loop that the run never reached."""
@@ -333,15 +335,18 @@ class Trace(Tracer):
 
         Values are detached, as `dtype`, on `device`; in `generate` a module's entry is a list, one Entry per step.
         Modules are envoys or paths (also by alias, or with nnsight's root `model.`). As in nnsight, an entry
-        holds the value after the block's edits (the entries are recorded at the block's end, or a stop).
+        holds the value after the block's edits (the entries are recorded at the block's end, or a stop). Asked
+        for after the invoke addressed a module value, it holds what runs from that value on (as nnsight).
         """
         envoys = self.model._envoys() if modules is None else modules
         paths = [self.module_path(e) for e in envoys]
         store = self.proxy("call_function", Cache, (tuple(self.model._modules_by_path), aliases_of(self.model),
                                                     None if device is None else str(device), dtype, detach))
         kinds = ("output",) * include_output + ("inputs",) * include_inputs
+        reached = self.reached.get(self.current_invoke)
+        start = None if reached is None or reached.node.graph is not self.graph else self.fired(reached.node)
         with self.at_step(ALL_CALLS) if self.method == "generate" else contextlib.nullcontext():
-            self.caching += [(store, path, kind, self.call_of(path), self.current_invoke)
+            self.caching += [(store, path, kind, self.call_of(path), self.current_invoke, start)
                              for path in paths for kind in kinds]
         return store.save()
 
@@ -350,9 +355,15 @@ class Trace(Tracer):
         if self.caching and self.deferred:
             self.flush_swaps()
         while self.caching:
-            store, path, kind, call, invoke = self.caching.pop(0)
+            store, path, kind, call, invoke, start = self.caching.pop(0)
             with self.scope(current_invoke=invoke, guard=None):
-                self.create("call_function", put, (store, path, kind, self.latest(path, kind, call)))
+                value = self.latest(path, kind, call)
+                after = () if start is None else (Proxy(self.fired(value.node, start), self.experiment),)
+                self.create("call_function", put, (store, path, kind, value, *after))
+
+    def fired(self, trigger: Node, *marks: Node) -> Node:
+        """A node that runs once trigger has run: whether the marks (nodes of this kind) had run by then."""
+        return self.graph.create_node("fired", None, marks, None, [trigger], (), None, self.current_invoke)
 
     def module_path(self, module: Any) -> str:
         """An envoy's path; of a path string (which may use aliases or nnsight's root `model.`): the original."""
@@ -376,7 +387,7 @@ class Trace(Tracer):
             self.flush_swaps()
         if self.skips:
             self.skips.check(path, self.call_of(path), self.current_invoke)
-        latest = self.latest(path, kind)
+        latest = self.reached[self.current_invoke] = self.latest(path, kind)
         if self.guard is None:
             return latest
         return Proxy(self.create("current", None, (latest,)), self.experiment)  # skipped when the guard is false
@@ -406,6 +417,7 @@ class Trace(Tracer):
             self.skips.check(path, self.call_of(path), self.current_invoke)
         self.latest(path, kind)  # made now if it was never read
         self.swap_event(path, kind, self.call_of(path), value, first)
+        self.reached[self.current_invoke] = self.latest(path, kind)
 
     def swap_event(self, path: str, kind: str, call: int, value: Any, first: bool = False) -> None:
         """Swap what the model gets at one (read) call of a module, in the current invoke; later reads see value."""

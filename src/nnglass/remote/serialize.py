@@ -19,7 +19,7 @@ from .values import Decoder, Encoder
 WIRE_VERSION = 2
 _MODULE_OPS = ("output", "inputs", "call_module", "skip_module", "parameter")
 _PLAIN_OPS = {"getattr", "setattr", "call_method", "call_function", "input", "current", "swap", "grad",
-              "backward", "log", "cond", "pick", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
+              "backward", "log", "cond", "pick", "fired", "stop", "exit", "item", "trace", "iter", "invoke"} | set(_MODULE_OPS)
 _KINDS = ("trace", "session", "loop")
 _METHODS = ("forward", "generate")
 

@@ -24,7 +24,7 @@ __all__ = ["Group", "Grouping", "Part", "fillers", "fits", "group_key", "merge",
 
 # Ops whose effect stays in the rows of the invoke they belong to (module calls only without their hooks).
 _CONFINED_OPS = {"invoke", "output", "inputs", "input", "current", "swap", "getattr", "call_method",
-                 "call_function", "call_module", "cond", "pick", "iter", "item"}
+                 "call_function", "call_module", "cond", "pick", "fired", "iter", "item"}
 # Functions and methods that draw random numbers: alone, a forked job starts from the server's generator
 # state; sharing a forward, it would get the draws after the other jobs' draws.
 _RANDOM = re.compile(r"rand|normal|bernoulli|multinomial|dropout|seed|uniform|exponential|cauchy|geometric"

@@ -167,6 +167,10 @@ class Interpreter:
         lookup = lambda v: env[v] if type(v) is Node else v  # noqa: E731
         return map_leaves(then if lookup(test) else otherwise, lookup)
 
+    def fired(self, node: Node, *marks: Node) -> bool:
+        """Whether the marks (nodes it does not wait for, which have no users) had run when this node ran."""
+        return all(mark in self.env for mark in marks)
+
     def stop(self, node: Node, *_: Any) -> None:
         self.stop_requested = True
 

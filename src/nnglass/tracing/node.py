@@ -12,8 +12,9 @@ import torch
 
 __all__ = ["Node", "OWN_ARGS", "user_line", "where_of", "location", "describe_line", "LIBRARY_FILES"]
 
-# Ops that look up their own arguments (`pick`: the branch not taken has no value); their refs are ().
-OWN_ARGS = frozenset({"pick"})
+# Ops that look up their own arguments (`pick`: the branch not taken has no value; `fired`: whether nodes
+# it does not wait for have run); their refs are ().
+OWN_ARGS = frozenset({"pick", "fired"})
 
 # Frames from these folders are skipped when we look for the user's line.
 _LIBRARY_DIRS = tuple(
