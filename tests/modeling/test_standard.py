@@ -367,9 +367,9 @@ def test_rename_on_a_plain_nnsight():
     assert model.model.h is model.body.h is model.transformer.h and model.out is model.head
     x = torch.rand(1, 4)
     with model.trace(x) as tracer:
+        cache = tracer.cache(modules=[model.layers[0]]).save()  # first: asked for later, it holds only what runs later
         via_alias = model.layers[0].output.save()
         model.model.h[1].output = model.layers[1].output * 0
-        cache = tracer.cache(modules=[model.layers[0]]).save()
         out = model.output.save()
     torch.testing.assert_close(via_alias.value, net.transformer.h[0](x))
     torch.testing.assert_close(out.value, net.head.bias[None])
