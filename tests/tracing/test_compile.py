@@ -532,6 +532,16 @@ def test_a_variable_set_in_one_branch_keeps_its_earlier_value_where_that_branch_
     assert torch.equal(torch.as_tensor(total), net(x).sum() if taken else torch.tensor(0))
 
 
+@pytest.mark.parametrize("threshold", [-1e6, 1e6])
+def test_plain_values_saved_inside_both_branches_of_a_proxy_if(tiny, net, x, threshold):
+    with tiny.trace(x):
+        if tiny.layer1.output.sum() > threshold:
+            label = nnglass.save("high")
+        else:
+            label = nnglass.save(2)
+    assert label == ("high" if net.layer1(x).sum() > threshold else 2)
+
+
 def test_a_merged_variable_in_a_session_and_remote(tiny, net, x):
     def run(remote):
         with tiny.session(remote=remote):

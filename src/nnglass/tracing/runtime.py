@@ -47,11 +47,16 @@ class Runtime:
 
     unset = UNSET
 
-    def __init__(self, filename: str, keep: Callable[[Any], Any]) -> None:
+    def __init__(self, filename: str, keep: Callable[[Any], Any], kept: Callable[[Any], bool]) -> None:
         self.filename = filename
         self.keep = keep  # nnglass.save
+        self.kept = kept  # whether nnglass.save was given this plain value in the block
         self.loops: list[Loop] = []   # open loops, innermost last
         self.branches: list[Branch] = []   # open branches on proxies, innermost last
+
+    def saved(self, value: Any) -> bool:
+        """Whether value is a saved proxy, or a plain value given to nnglass.save."""
+        return value.node.saved if isinstance(value, Proxy) else self.kept(value)
 
     def error(self, line: int, message: str) -> TraceError:
         return TraceError(f"{self.filename}:{line}: {message}")
@@ -231,7 +236,8 @@ class Branch:
         if then is UNSET or otherwise is UNSET or then is otherwise:
             return value
         picked = current().proxy("pick", None, (self.test, then, otherwise))
-        return picked.save() if _saved(then) or _saved(otherwise) else picked  # `y = x.save()` in a branch
+        saved = self.runtime.saved(then) or self.runtime.saved(otherwise)
+        return picked.save() if saved else picked  # `y = x.save()` (or `nnglass.save(1)`) in a branch
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
         """Close the condition; a loop left by `break`/`continue` in a branch goes on only where it was not taken."""
@@ -336,5 +342,3 @@ class Loop:
             self.iterator.__exit__(*exc)
 
 
-def _saved(value: Any) -> bool:
-    return isinstance(value, Proxy) and value.node.saved
