@@ -53,6 +53,15 @@ def test_save_of_a_list_named_earlier_in_a_straight_block(model, hf, tok):
     torch.testing.assert_close(last[0], eager(hf, tok)[1][LAYERS - 1])
 
 
+def test_a_slice_of_a_module_list_is_a_list_of_envoys(model, hf, tok):
+    assert model.model.layers[:2] == [model.model.layers[0], model.model.layers[1]]
+    with model.trace(PROMPT):
+        outs = [layer.output.save() for layer in model.model.layers[-2:]]
+    seen = eager(hf, tok)[1]
+    for got, want in zip(outs, [seen[LAYERS - 2], seen[LAYERS - 1]]):
+        torch.testing.assert_close(got, want)
+
+
 def test_a_list_from_outside_filled_inside_holds_real_values(model, hf, tok):
     acts = []  # nnsight's docs: no .save() needed, the list itself lives outside the trace
     with model.trace() as tracer:

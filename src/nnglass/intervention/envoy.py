@@ -177,8 +177,9 @@ class Envoy:
                 return False
         return True
 
-    def __getitem__(self, key: int | str) -> Envoy:
-        if isinstance(key, int):
+    def __getitem__(self, key: int | slice | str) -> Any:
+        """A child by position or name; a slice gives a list of children (`layers[:2]`), as nnsight."""
+        if isinstance(key, (int, slice)):
             return self._ordered[key]
         return self._children[key]
 
