@@ -144,10 +144,11 @@ def _plain(fn: Any) -> tuple[types.FunctionType, Any]:
         return inspect.unwrap(fn.__func__), fn.__self__
     if isinstance(fn, types.FunctionType):
         return inspect.unwrap(fn), None
-    if isinstance(fn, torch.nn.Module) and (wrapped := _wrapped_function(fn)) is not None:
-        return inspect.unwrap(wrapped), None
     if isinstance(fn, torch.nn.Module):
-        raise TraceError("This call is a module: address it through its envoy (e.g. `model.layer.q_proj.source`).")
+        wrapped = _wrapped_function(fn)
+        if wrapped is None:
+            raise TraceError("This call is a module: address it through its envoy (e.g. `model.layer.q_proj.source`).")
+        return inspect.unwrap(wrapped), None
     raise TraceError(f"{fn!r} has no Python source (a builtin or compiled function), so it has no `.source`.")
 
 
