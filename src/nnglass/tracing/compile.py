@@ -127,12 +127,6 @@ def save(value: Any) -> Any:
     return value
 
 
-def _kept(value: Any) -> bool:
-    """Whether `nnglass.save` was given this plain value in the innermost open block."""
-    stack = _opened()
-    return bool(stack) and any(kept is value for kept in stack[-1].pending)
-
-
 def variables(context: Any) -> dict[str, Any]:
     """The variables that the with-block of `context` refers to, as they are at its end (while it closes)."""
     opened = next((o for o in reversed(_opened()) if o.context is context), None)
@@ -170,7 +164,8 @@ def _call_body(opened: _Opened, namespace: dict[str, Any]) -> tuple[dict[str, An
     those variables, and the body's at its end."""
     block, frame = opened.block, opened.frame
     before = {name: namespace[name] for name in block.params if name in namespace}
-    values = FunctionType(block.code, frame.f_globals, BODY, block.defaults)(Runtime(block.filename, save, _kept), **before)
+    body = FunctionType(block.code, frame.f_globals, BODY, block.defaults)
+    values = body(Runtime(block.filename, save, opened.pending), **before)
     return before, {name: value for name, value in values.items() if not name.startswith("__nnglass")}
 
 

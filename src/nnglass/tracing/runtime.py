@@ -47,16 +47,16 @@ class Runtime:
 
     unset = UNSET
 
-    def __init__(self, filename: str, keep: Callable[[Any], Any], kept: Callable[[Any], bool]) -> None:
+    def __init__(self, filename: str, keep: Callable[[Any], Any], kept: list) -> None:
         self.filename = filename
         self.keep = keep  # nnglass.save
-        self.kept = kept  # whether nnglass.save was given this plain value in the block
+        self.kept = kept  # the plain values the block gave nnglass.save
         self.loops: list[Loop] = []   # open loops, innermost last
         self.branches: list[Branch] = []   # open branches on proxies, innermost last
 
     def saved(self, value: Any) -> bool:
         """Whether value is a saved proxy, or a plain value given to nnglass.save."""
-        return value.node.saved if isinstance(value, Proxy) else self.kept(value)
+        return value.node.saved if isinstance(value, Proxy) else any(kept is value for kept in self.kept)
 
     def error(self, line: int, message: str) -> TraceError:
         return TraceError(f"{self.filename}:{line}: {message}")
